@@ -1,0 +1,130 @@
+"""The ``segpipe`` command: LightningCLI subcommands plus segpipe's own tools.
+
+segpipe fit|validate|test|predict --config configs/demo.yaml [--trainer.max_epochs 3 ...]
+segpipe summary --config configs/unet.yaml [--input 4x1x512x512]
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import Logger
+
+from segpipe.data.folder import FolderDataModule
+from segpipe.errors import SegpipeError
+from segpipe.inference import MaskWriter
+from segpipe.tasks import SegmentationTask
+from segpipe.tracking import MLflowLogger, MLflowSaveConfig
+
+DESCRIPTION = """\
+segpipe: semantic segmentation of medical images (U-Net, Dense-UNet, SegNet, FCN) on Lightning.
+
+Subcommands: fit, validate, test, predict (LightningCLI; each takes --config <yaml> and dotted
+overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML), and
+  summary    per-layer parameters, multiply-adds and activation memory of a configured model.
+Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
+"""
+
+EXTRA_COMMANDS = {"summary": "segpipe.summary"}
+
+
+class SegpipeCLI(LightningCLI):
+    """LightningCLI with segpipe's checkpointing, prediction writer, MLflow defaults and data checks."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/dice",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch{epoch:03d}-dice{val/dice:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {"class_path": f"{MLflowLogger.__module__}.{MLflowLogger.__name__}"},
+                "trainer.default_root_dir": "outputs",
+            }
+        )
+        parser.add_lightning_class_args(MaskWriter, "predict_writer")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, evaluate the best checkpoint on the test split (when it has cases).",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Prediction logs nothing: do not open an empty MLflow run for it.
+        if self.subcommand == "predict":
+            kwargs["logger"] = False
+        return super().instantiate_trainer(**kwargs)
+
+    # ---- checks before anything is written -----------------------------------------------------
+    def _check_data(self, stage: str) -> None:
+        datamodule = self.datamodule
+        if isinstance(datamodule, FolderDataModule):
+            datamodule.prepare_data()
+            hparams = self.model.hparams
+            datamodule.validate(hparams.num_classes, hparams.in_channels, stage)
+
+    def before_fit(self) -> None:
+        self._check_data("fit")
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
+    def before_predict(self) -> None:
+        if not self.config_init[self.subcommand].get("ckpt_path"):
+            raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt>")
+        self._check_data("predict")
+
+    def after_fit(self) -> None:
+        datamodule = self.datamodule
+        run_test = self.config_init["fit"].get("test_after_fit", True)
+        if not run_test or not isinstance(datamodule, FolderDataModule) or not datamodule.cases().get("test"):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
+        for logger in self.trainer.loggers:
+            if isinstance(logger, Logger):
+                logger.finalize("success")
+
+
+def run_cli(args: list[str] | None = None) -> SegpipeCLI:
+    return SegpipeCLI(
+        SegmentationTask,
+        FolderDataModule,
+        subclass_mode_data=True,
+        save_config_callback=MLflowSaveConfig,
+        save_config_kwargs={"save_to_log_dir": False},
+        parser_kwargs={"description": DESCRIPTION},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segpipe`` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] in EXTRA_COMMANDS:
+            return int(importlib.import_module(EXTRA_COMMANDS[args[0]]).main(args[1:]) or 0)
+        # LightningCLI reads sys.argv itself when args is None (and warns if given both).
+        run_cli(argv)
+    except SegpipeError as err:
+        print(f"segpipe: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

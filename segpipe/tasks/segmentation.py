@@ -1,0 +1,128 @@
+"""SegmentationTask: a network from the registry, a loss, per-class metrics and the optimiser."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from segpipe.losses import LossName, SegmentationLoss
+from segpipe.metrics import OverlapScores
+from segpipe.models import build_model
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+
+
+class SegmentationTask(pl.LightningModule):
+    """Train a segmentation network on batches ``{"image": (B, C, *spatial), "mask": (B, *spatial)}``.
+
+    Logs ``train/loss``, ``val/loss``, per-class ``val/dice_<class>`` and ``val/iou_<class>``, and
+    ``val/dice``, the mean Dice over foreground classes (the checkpoint monitor). The same names with
+    ``test/`` are logged by ``segpipe test``.
+
+    Args:
+        model: architecture name in :data:`segpipe.models.MODELS` (``unet``, ...).
+        spatial_dims: 2 for images, 3 for volumes.
+        in_channels: channels of the input images.
+        num_classes: classes including background (label values 0..num_classes-1).
+        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``.
+        loss: ``dice``, ``ce`` or ``dice_ce``.
+        class_weights: one weight per class for both loss terms.
+        ignore_index: label value excluded from loss and metrics.
+        lambda_dice: weight of the Dice term of ``dice_ce``.
+        lambda_ce: weight of the CE term of ``dice_ce``.
+        class_names: names used in metric keys (default ``class0``, ``class1``, ...).
+        optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
+        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``.
+
+    Raises:
+        ValueError: for an unknown model or loss, or ``class_names`` of the wrong length.
+    """
+
+    def __init__(
+        self,
+        model: str = "unet",
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        model_kwargs: dict[str, Any] | None = None,
+        loss: LossName = "dice_ce",
+        class_weights: list[float] | None = None,
+        ignore_index: int | None = None,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
+        self.class_names = list(class_names or [f"class{i}" for i in range(num_classes)])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.net = build_model(model, spatial_dims, in_channels, num_classes, **(model_kwargs or {}))
+        self.criterion = SegmentationLoss(
+            loss, num_classes, class_weights, ignore_index, lambda_dice=lambda_dice, lambda_ce=lambda_ce
+        )
+        self.val_scores = OverlapScores(num_classes, ignore_index)
+        self.test_scores = OverlapScores(num_classes, ignore_index)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, *spatial)."""
+        return self.net(image)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.criterion(self(batch["image"]), batch["mask"])
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
+        )
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> None:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
+        scores.update(logits.argmax(1), batch["mask"])
+
+    def _log_scores(self, stage: str, scores: OverlapScores) -> None:
+        result = scores.compute()
+        for metric, values in result.items():
+            for name, value in zip(self.class_names, values, strict=True):
+                if not math.isnan(float(value)):
+                    self.log(f"{stage}/{metric}_{name}", value)
+        foreground = result["dice"][1:] if self.hparams.num_classes > 1 else result["dice"]
+        self.log(f"{stage}/dice", torch.nanmean(foreground), prog_bar=True)
+        scores.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_scores)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_scores)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_scores)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_scores)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"name": batch["name"], "mask": self(batch["image"]).argmax(1)}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/dice"
+        return {"optimizer": optimizer, "lr_scheduler": config}
