@@ -27,10 +27,11 @@ segpipe: semantic segmentation of medical images (U-Net, Dense-UNet, SegNet, FCN
 Subcommands: fit, validate, test, predict (LightningCLI; each takes --config <yaml> and dotted
 overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML), and
   summary    per-layer parameters, multiply-adds and activation memory of a configured model.
+  export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
 Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
 """
 
-EXTRA_COMMANDS = {"summary": "segpipe.summary"}
+EXTRA_COMMANDS = {"summary": "segpipe.summary", "export": "segpipe.export"}
 
 
 class SegpipeCLI(LightningCLI):

@@ -63,6 +63,7 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fit_writes_checkpoints_and_an_mlflow_run_then_predicts(workdir: Path, flat_dataset: Path):
     config = write_config(workdir / "tiny.yaml", tiny_config(flat_dataset))
     assert main(["fit", "--config", str(config)]) == 0

@@ -99,6 +99,7 @@ class UNet(nn.Module):
 
     def output_size(self, n: int) -> int:
         """Output size of the unpadded network for input size ``n`` (-1 when ``n`` is not valid)."""
+        n = int(n)  # traced sizes are tensors, which `-=` below would change in place
         for _ in range(self.depth):
             n -= 4
             if n <= 0 or n % 2:
@@ -113,7 +114,7 @@ class UNet(nn.Module):
 
     def valid_input_size(self, size: int) -> int:
         """Smallest input size whose unpadded output covers ``size`` pixels."""
-        n = size
+        n = int(size)  # a copy: `+=` on a traced size (a tensor) would change the input's shape in place
         while self.output_size(n) < size:
             n += 1
         return n

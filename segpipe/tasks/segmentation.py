@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from monai.inferers import sliding_window_inference
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from segpipe.losses import LossName, SegmentationLoss
@@ -40,6 +41,10 @@ class SegmentationTask(pl.LightningModule):
         class_names: names used in metric keys (default ``class0``, ``class1``, ...).
         optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
         lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``.
+        inference_roi: window size for sliding-window inference at val/test/predict (volumes and large
+            images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
+        inference_overlap: overlap between neighbouring windows.
+        inference_batch_size: windows per forward pass.
 
     Raises:
         ValueError: for an unknown model or loss, or ``class_names`` of the wrong length.
@@ -60,6 +65,9 @@ class SegmentationTask(pl.LightningModule):
         class_names: list[str] | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        inference_roi: list[int] | None = None,
+        inference_overlap: float = 0.5,
+        inference_batch_size: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -79,6 +87,20 @@ class SegmentationTask(pl.LightningModule):
         """Logits (B, num_classes, *spatial)."""
         return self.net(image)
 
+    def infer(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits for whole inputs: one forward pass, or gaussian-blended sliding windows."""
+        roi = self.hparams.inference_roi
+        if roi is None:
+            return self(image)
+        return sliding_window_inference(
+            image,
+            roi_size=roi,
+            sw_batch_size=self.hparams.inference_batch_size,
+            predictor=self.net,
+            overlap=self.hparams.inference_overlap,
+            mode="gaussian",
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
         self.log(
@@ -87,7 +109,7 @@ class SegmentationTask(pl.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> None:
-        logits = self(batch["image"])
+        logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
         scores.update(logits.argmax(1), batch["mask"])
@@ -115,7 +137,7 @@ class SegmentationTask(pl.LightningModule):
         self._log_scores("test", self.test_scores)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"name": batch["name"], "mask": self(batch["image"]).argmax(1)}
+        return {"name": batch["name"], "mask": self.infer(batch["image"]).argmax(1)}
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
