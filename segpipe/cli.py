@@ -13,7 +13,6 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import Logger
 
 from segpipe.data.folder import FolderDataModule
 from segpipe.errors import SegpipeError
@@ -95,9 +94,6 @@ class SegpipeCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
         self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
-        for logger in self.trainer.loggers:
-            if isinstance(logger, Logger):
-                logger.finalize("success")
 
 
 def run_cli(args: list[str] | None = None) -> SegpipeCLI:
