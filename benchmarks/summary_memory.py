@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs: dict[str, object] = {"base_channels": args.base_channels, "norm": args.norm}
     if args.model == "unet":
         kwargs["depth"] = args.depth
-    model = build_model(args.model, args.spatial_dims, args.in_channels, args.num_classes, **kwargs).to(
-        device
-    )
+    model = build_model(args.model, args.spatial_dims, args.in_channels, args.num_classes, **kwargs).to(device)
     summary = summarize(model, shape, "32")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

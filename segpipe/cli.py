@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from segpipe.callbacks import PerformanceFlags
 from segpipe.data.folder import FolderDataModule
+from segpipe.data.volumes import VolumeDataModule
+from segpipe.distributed import is_local_zero
 from segpipe.errors import SegpipeError
 from segpipe.inference import MaskWriter
 from segpipe.tasks import SegmentationTask
-from segpipe.tracking import MLflowLogger, MLflowSaveConfig
+from segpipe.tracking import (
+    LogBestModel,
+    MLflowLogger,
+    MLflowSaveConfig,
+    RunIdInCheckpoint,
+    RunMetadata,
+    TestReport,
+    ValidationOverlays,
+    resumable_run_id,
+)
+from segpipe.tracking.logger import effective_tracking_uri
 
 DESCRIPTION = """\
 segpipe: semantic segmentation of medical images (U-Net, Dense-UNet, SegNet, FCN) on Lightning.
@@ -27,10 +41,14 @@ Subcommands: fit, validate, test, predict (LightningCLI; each takes --config <ya
 overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML), and
   summary    per-layer parameters, multiply-adds and activation memory of a configured model.
   export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
+  classify   fit|validate|test|predict an image classifier (a backbone for encoder_weights).
 Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
 """
 
-EXTRA_COMMANDS = {"summary": "segpipe.summary", "export": "segpipe.export"}
+# DataModules whose files are validated (check/validate) before anything is written.
+CHECKED_DATAMODULES = (FolderDataModule, VolumeDataModule)
+
+EXTRA_COMMANDS = {"summary": "segpipe.summary", "export": "segpipe.export", "classify": "segpipe.classify"}
 
 
 class SegpipeCLI(LightningCLI):
@@ -51,12 +69,36 @@ class SegpipeCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(MaskWriter, "predict_writer")
+        # MLflow extras: each is a callback configurable in YAML (e.g. --overlays.every_n_epochs 5).
+        parser.add_lightning_class_args(ValidationOverlays, "overlays")
+        parser.add_lightning_class_args(TestReport, "test_report")
+        parser.add_lightning_class_args(RunMetadata, "run_metadata")
+        parser.add_lightning_class_args(LogBestModel, "model_logging")
+        parser.add_lightning_class_args(RunIdInCheckpoint, "mlflow_run_id")
+        parser.add_lightning_class_args(PerformanceFlags, "performance")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=True,
             help="After fit, evaluate the best checkpoint on the test split (when it has cases).",
         )
+
+    def before_instantiate_classes(self) -> None:
+        # Resume into the MLflow run stored in the checkpoint (fit continues it, test reports into it).
+        if self.subcommand not in ("fit", "test"):
+            return
+        config = self.config[self.subcommand]
+        ckpt_path, logger = config.get("ckpt_path"), config.trainer.get("logger")
+        init_args = getattr(logger, "init_args", None)
+        if not ckpt_path or not Path(ckpt_path).is_file() or init_args is None or init_args.get("run_id"):
+            return
+        module, _, name = str(logger.class_path).rpartition(".")
+        logger_class = getattr(importlib.import_module(module), name, None) if module else None
+        if not (isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger)):
+            return
+        run_id = resumable_run_id(ckpt_path, effective_tracking_uri(init_args.tracking_uri))
+        if run_id is not None:
+            init_args.run_id = run_id
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Prediction logs nothing: do not open an empty MLflow run for it.
@@ -67,7 +109,8 @@ class SegpipeCLI(LightningCLI):
     # ---- checks before anything is written -----------------------------------------------------
     def _check_data(self, stage: str) -> None:
         datamodule = self.datamodule
-        if isinstance(datamodule, FolderDataModule):
+        # One process per node checks (and builds) the data; its siblings wait for it inside fit.
+        if isinstance(datamodule, CHECKED_DATAMODULES) and is_local_zero(self.trainer):
             datamodule.prepare_data()
             hparams = self.model.hparams
             datamodule.validate(hparams.num_classes, hparams.in_channels, stage)
@@ -89,7 +132,7 @@ class SegpipeCLI(LightningCLI):
     def after_fit(self) -> None:
         datamodule = self.datamodule
         run_test = self.config_init["fit"].get("test_after_fit", True)
-        if not run_test or not isinstance(datamodule, FolderDataModule) or not datamodule.cases().get("test"):
+        if not run_test or not isinstance(datamodule, CHECKED_DATAMODULES) or not datamodule.cases().get("test"):
             return
         checkpoint = self.trainer.checkpoint_callback
         ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
@@ -99,7 +142,8 @@ class SegpipeCLI(LightningCLI):
 def run_cli(args: list[str] | None = None) -> SegpipeCLI:
     return SegpipeCLI(
         SegmentationTask,
-        FolderDataModule,
+        # Any LightningDataModule by class_path; segpipe's own ones are checked before training.
+        LightningDataModule,
         subclass_mode_data=True,
         save_config_callback=MLflowSaveConfig,
         save_config_kwargs={"save_to_log_dir": False},

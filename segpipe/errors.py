@@ -16,3 +16,7 @@ class DataError(SegpipeError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class ExportError(SegpipeError):
+    """A checkpoint, option or architecture that ``segpipe export`` cannot turn into a deployable file."""

@@ -56,9 +56,7 @@ def test_seeded_split_is_disjoint_complete_and_reproducible(flat_dataset: Path):
     c = split_cases(cases, 0.25, 0.25, seed=4)
     names = {k: {x.name for x in v} for k, v in a.items()}
     assert [len(names[s]) for s in ("train", "val", "test")] == [6, 3, 3]
-    assert not (
-        names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"]
-    )
+    assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
     assert set().union(*names.values()) == {x.name for x in cases}
     assert a == b and a != c
 

@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_slabs_are_contiguous_disjoint_and_guarded():
     every = sorted(z for zs in splits.values() for z in zs)
     assert len(every) == len(set(every))
     owner = {z: s for s, zs in splits.items() for z in zs}
-    for a, b in zip(every, every[1:], strict=False):
+    for a, b in itertools.pairwise(every):
         if owner[a] != owner[b]:
             assert b - a > GUARD_SLICES, (a, b)  # neighbours across splits are at least the guard apart
     for zs in splits.values():

@@ -48,9 +48,7 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
-def small(
-    name: str, spatial_dims: int, in_channels: int = 1, num_classes: int = 3, **extra: object
-) -> nn.Module:
+def small(name: str, spatial_dims: int, in_channels: int = 1, num_classes: int = 3, **extra: object) -> nn.Module:
     key = "dense_unet" if name == "dense_unet_conv" else name
     return build_model(key, spatial_dims, in_channels, num_classes, **{**SMALL[name], **extra})
 

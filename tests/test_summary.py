@@ -46,9 +46,7 @@ def test_lecture_single_conv_params_and_macs():
 def test_lecture_two_convs_memory():
     # 4x1x512x512, conv 64 3x3 then conv 128 3x3, no bias, pad 1
     with torch.device("meta"):  # shapes only: no memory, no compute
-        model = nn.Sequential(
-            nn.Conv2d(1, 64, 3, padding=1, bias=False), nn.Conv2d(64, 128, 3, padding=1, bias=False)
-        )
+        model = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1, bias=False), nn.Conv2d(64, 128, 3, padding=1, bias=False))
     summary = summarize(model, (4, 1, 512, 512))
     assert summary.params == 74_304
     assert summary.activations == 4 * 512 * 512 * (64 + 128) == 201_326_592

@@ -1,6 +1,15 @@
 """Data: readers, pairing and splits, datasets and DataModules."""
 
 from segpipe.data.demo import MNIDemoDataModule, build_mni_demo
+from segpipe.data.demo3d import MNIDemo3DDataModule, build_mni_demo3d
 from segpipe.data.folder import FolderDataModule
+from segpipe.data.volumes import VolumeDataModule
 
-__all__ = ["FolderDataModule", "MNIDemoDataModule", "build_mni_demo"]
+__all__ = [
+    "FolderDataModule",
+    "MNIDemo3DDataModule",
+    "MNIDemoDataModule",
+    "VolumeDataModule",
+    "build_mni_demo",
+    "build_mni_demo3d",
+]

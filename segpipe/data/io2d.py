@@ -23,9 +23,7 @@ Image.MAX_IMAGE_PIXELS = 2**28
 
 def _read_array(path: Path) -> np.ndarray:
     if not path.exists():
-        raise DataError(
-            path, "file does not exist (dangling link?)" if path.is_symlink() else "file does not exist"
-        )
+        raise DataError(path, "file does not exist (dangling link?)" if path.is_symlink() else "file does not exist")
     if not path.is_file():
         raise DataError(path, "is not a regular file")
     if path.stat().st_size == 0:
@@ -69,9 +67,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:
-        raise DataError(
-            path, f"mask must be a single-channel label image, got shape {array.shape} (an RGB mask?)"
-        )
+        raise DataError(path, f"mask must be a single-channel label image, got shape {array.shape} (an RGB mask?)")
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
             raise DataError(path, "mask holds non-integer values; labels must be class indices 0..K-1")

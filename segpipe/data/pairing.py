@@ -67,9 +67,7 @@ def pair_by_stem(
     return [Case(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
-def split_cases(
-    cases: Sequence[Case], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[Case]]:
+def split_cases(cases: Sequence[Case], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Case]]:
     """Shuffle with ``seed`` and cut into train/val/test; each case lands in exactly one split."""
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(

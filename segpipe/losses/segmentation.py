@@ -47,9 +47,7 @@ class SegmentationLoss(nn.Module):
         if name not in ("dice", "ce", "dice_ce"):
             raise ValueError(f"unknown loss {name!r}; choose 'dice', 'ce' or 'dice_ce'")
         if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError(
-                f"class_weights has {len(class_weights)} values, expected num_classes={num_classes}"
-            )
+            raise ValueError(f"class_weights has {len(class_weights)} values, expected num_classes={num_classes}")
         self.name = name
         self.num_classes = num_classes
         self.ignore_index = ignore_index

@@ -16,9 +16,7 @@ class OverlapScores(MulticlassStatScores):
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
-        super().__init__(
-            num_classes=num_classes, average=None, multidim_average="global", ignore_index=ignore_index
-        )
+        super().__init__(num_classes=num_classes, average=None, multidim_average="global", ignore_index=ignore_index)
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
         tp, fp, fn = self.tp.float(), self.fp.float(), self.fn.float()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from segpipe.models.dense_unet import DenseUNet, fc_densenet56, fc_densenet67, fc_densenet103
+from segpipe.models.encoders import EncoderFCN, EncoderUNet
 from segpipe.models.fcn import FCN, fcn8s, fcn16s, fcn32s
 from segpipe.models.segnet import SegNet
 from segpipe.models.unet import UNet
@@ -23,12 +24,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "fcn8s": fcn8s,
     "fcn16s": fcn16s,
     "fcn32s": fcn32s,
+    "encoder_unet": EncoderUNet,
+    "encoder_fcn": EncoderFCN,
 }
 
 
-def build_model(
-    name: str, spatial_dims: int, in_channels: int, num_classes: int, **kwargs: object
-) -> nn.Module:
+def build_model(name: str, spatial_dims: int, in_channels: int, num_classes: int, **kwargs: object) -> nn.Module:
     """Instantiate the architecture registered as ``name``.
 
     Raises:
@@ -46,6 +47,8 @@ __all__ = [
     "FCN",
     "MODELS",
     "DenseUNet",
+    "EncoderFCN",
+    "EncoderUNet",
     "SegNet",
     "UNet",
     "build_model",

@@ -110,14 +110,10 @@ class Upsample(nn.Module):
     ) -> None:
         super().__init__()
         if mode == "transpose":
-            self.up: nn.Module = conv_transpose_layer(spatial_dims)(
-                in_channels, out_channels, kernel_size=2, stride=2
-            )
+            self.up: nn.Module = conv_transpose_layer(spatial_dims)(in_channels, out_channels, kernel_size=2, stride=2)
         elif mode == "interp":
             self.up = nn.Sequential(
-                nn.Upsample(
-                    scale_factor=2, mode="bilinear" if spatial_dims == 2 else "trilinear", align_corners=False
-                ),
+                nn.Upsample(scale_factor=2, mode="bilinear" if spatial_dims == 2 else "trilinear", align_corners=False),
                 conv_layer(spatial_dims)(in_channels, out_channels, kernel_size=1),
             )
         else:
@@ -283,9 +279,7 @@ class DenseBlock(nn.Module):
             raise ValueError(f"num_layers and growth_rate must be >= 1, got {num_layers} and {growth_rate}")
         self.new_features_only = new_features_only
         self.layers = nn.ModuleList(
-            DenseLayer(
-                spatial_dims, in_channels + i * growth_rate, growth_rate, norm, dropout, bottleneck_factor
-            )
+            DenseLayer(spatial_dims, in_channels + i * growth_rate, growth_rate, norm, dropout, bottleneck_factor)
             for i in range(num_layers)
         )
         new = num_layers * growth_rate
@@ -353,13 +347,9 @@ class MaxPoolWithIndices(nn.Module):
     the stride keep their last row/column.
     """
 
-    def __init__(
-        self, spatial_dims: int, kernel_size: int = 2, stride: int = 2, ceil_mode: bool = True
-    ) -> None:
+    def __init__(self, spatial_dims: int, kernel_size: int = 2, stride: int = 2, ceil_mode: bool = True) -> None:
         super().__init__()
-        self.pool = max_pool_layer(spatial_dims)(
-            kernel_size, stride, ceil_mode=ceil_mode, return_indices=True
-        )
+        self.pool = max_pool_layer(spatial_dims)(kernel_size, stride, ceil_mode=ceil_mode, return_indices=True)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         pooled, indices = self.pool(x)

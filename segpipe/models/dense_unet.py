@@ -144,9 +144,7 @@ class DenseUNet(nn.Module):
         if len(up) != len(down):
             raise ValueError(f"up_blocks {up} must have as many levels as down_blocks {down}")
         if min([*down, *up, bottleneck_layers]) < 1:
-            raise ValueError(
-                f"every block needs >= 1 layer, got down {down}, bottleneck {bottleneck_layers}, up {up}"
-            )
+            raise ValueError(f"every block needs >= 1 layer, got down {down}, bottleneck {bottleneck_layers}, up {up}")
         if not 0.0 < compression <= 1.0:
             raise ValueError(f"compression must be in (0, 1], got {compression!r}")
         if decoder not in ("dense", "conv"):

@@ -26,9 +26,7 @@ class SegNetEncoderStage(nn.Module):
     (B, C_out, *ceil(S / 2)).
     """
 
-    def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, num_convs: int, norm: Norm
-    ) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, num_convs: int, norm: Norm) -> None:
         super().__init__()
         self.convs = VGGStage(spatial_dims, in_channels, out_channels, num_convs, norm)
         self.pool = MaxPoolWithIndices(spatial_dims)

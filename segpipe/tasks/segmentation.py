@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from segpipe.losses import LossName, SegmentationLoss
 from segpipe.metrics import OverlapScores
 from segpipe.models import build_model
+from segpipe.tasks.param_groups import param_groups
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -45,6 +46,8 @@ class SegmentationTask(pl.LightningModule):
             images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
         inference_overlap: overlap between neighbouring windows.
         inference_batch_size: windows per forward pass.
+        encoder_lr: learning rate of the network's pretrained ``encoder`` (encoder_unet, encoder_fcn), the
+            rest keeping the optimiser's; ``None``: one learning rate for all.
 
     Raises:
         ValueError: for an unknown model or loss, or ``class_names`` of the wrong length.
@@ -68,6 +71,7 @@ class SegmentationTask(pl.LightningModule):
         inference_roi: list[int] | None = None,
         inference_overlap: float = 0.5,
         inference_batch_size: int = 4,
+        encoder_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -103,16 +107,16 @@ class SegmentationTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
-        self.log(
-            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
-        )
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> None:
+    def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> torch.Tensor:
         logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
-        scores.update(logits.argmax(1), batch["mask"])
+        labels = logits.argmax(1)
+        scores.update(labels, batch["mask"])
+        return labels
 
     def _log_scores(self, stage: str, scores: OverlapScores) -> None:
         result = scores.compute()
@@ -130,8 +134,9 @@ class SegmentationTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", self.val_scores)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_scores)
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Scores the batch and returns ``{"prediction": (B, *spatial) labels}`` for per-case reports."""
+        return {"prediction": self._evaluate(batch, "test", self.test_scores)}
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_scores)
@@ -140,7 +145,7 @@ class SegmentationTask(pl.LightningModule):
         return {"name": batch["name"], "mask": self.infer(batch["image"]).argmax(1)}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(param_groups(self.net, self.hparams.encoder_lr))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

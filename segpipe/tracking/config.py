@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from segpipe.tracking.logger import MLflowLogger
 
@@ -29,7 +31,12 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
 
 
 class MLflowSaveConfig(SaveConfigCallback):
-    """Log the resolved config to the MLflow run (once, from rank 0) instead of a local file."""
+    """Log the resolved config to the MLflow run (once, from rank 0) instead of a local file.
+
+    A resumed run keeps its first params (MLflow params are immutable); the config of each resumption
+    is stored next to the first as ``config/config-resumed-<date-time>.yaml`` and the changed keys are
+    named in a warning.
+    """
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         logger = trainer.logger
@@ -39,5 +46,15 @@ class MLflowSaveConfig(SaveConfigCallback):
         config = yaml.safe_load(text)
         config.pop("config", None)
         params = {f"config.{k}": v for k, v in flatten(config).items()}
-        logger.log_hyperparams(params)
-        logger.experiment.log_text(logger.run_id, text, "config/config.yaml")
+        if not logger.resumed:
+            logger.log_hyperparams(params)
+            logger.log_text(text, "config/config.yaml")
+            return
+        changed = logger.log_params_once(params)
+        logger.log_text(text, f"config/config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+        changed = [k for k in changed if k not in ("config.ckpt_path", "config.trainer.logger.init_args.run_id")]
+        if changed:
+            rank_zero_warn(
+                f"resumed run {logger.run_id} keeps its first values of {', '.join(changed)}; "
+                "the new config is in config/config-resumed-*.yaml"
+            )

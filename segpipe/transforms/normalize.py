@@ -46,9 +46,7 @@ def normalization_stats(
         if mean is None or std is None:
             raise ValueError("normalization 'fixed' needs 'mean' and 'std' in the data config")
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(
-                f"mean/std have {len(mean)}/{len(std)} values for an image with {channels} channels"
-            )
+            raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for an image with {channels} channels")
         return np.asarray(mean, np.float32), np.asarray(std, np.float32)
     raise ValueError(f"unknown normalization {mode!r}; choose 'zscore', 'minmax', 'fixed' or 'none'")
 

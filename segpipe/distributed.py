@@ -1,0 +1,63 @@
+"""Data-parallel helpers: samplers that give the same answer on 1 or N processes, and rank checks."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sized
+
+import lightning.pytorch as pl
+from torch.utils.data import DistributedSampler
+
+
+class UnrepeatedDistributedSampler(DistributedSampler):
+    """Rank ``r`` of ``W`` reads cases ``r, r + W, r + 2W, ...``, in order, with no padding.
+
+    ``DistributedSampler`` pads the dataset with repeated cases until its length divides by the world
+    size, so a split-level metric would count those cases twice. Here the ranks may read one case more
+    or less than each other; metrics summed across ranks then cover every case exactly once.
+    Lightning keeps a sampler that is already a ``DistributedSampler`` instead of replacing it.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = math.ceil(max(len(dataset) - rank, 0) / num_replicas)
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def training_sampler(dataset: Sized, trainer: pl.Trainer | None) -> DistributedSampler:
+    """The training sampler on one process or several: a permutation seeded by the run's seed.
+
+    Rank ``r`` of ``W`` reads ``perm[r::W]`` (Lightning's own choice for DDP), so the ranks' ``k``-th
+    batches of ``b`` cases together are the ``k``-th batch of a 1-process run with batch ``W x b``:
+    the same seed gives the same global batches whatever the number of processes. Without
+    ``seed_everything`` (the CLI always sets one) the seed is 0. Lightning calls ``set_epoch``, so each
+    epoch has its own permutation.
+    """
+    world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+
+def evaluation_sampler(dataset: Sized, trainer: pl.Trainer | None) -> UnrepeatedDistributedSampler | None:
+    """The sampler of a val/test DataLoader: unrepeated shards on several processes, else ``None``."""
+    if trainer is None or trainer.world_size <= 1:
+        return None
+    return UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+
+
+def is_local_zero(trainer: pl.Trainer) -> bool:
+    """Whether this process has local rank 0 on its node, before or after the processes are launched.
+
+    Read from the cluster environment (torchrun's ``LOCAL_RANK``, SLURM's ``SLURM_LOCALID``, the
+    variables Lightning sets for the processes it starts), so it holds in code that runs before
+    ``trainer.fit`` sets the ranks.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return environment is None or environment.local_rank() == 0

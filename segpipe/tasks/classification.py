@@ -1,0 +1,102 @@
+"""ClassificationTask: train an encoder on whole-image labels, for transfer to segmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics.classification import MulticlassAccuracy
+
+from segpipe.models.classifier import EncoderClassifier
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+
+
+class ClassificationTask(pl.LightningModule):
+    """Train :class:`segpipe.models.classifier.EncoderClassifier` on ``{"image": (B, C, H, W), "label": (B,)}``.
+
+    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` (the checkpoint monitor) and the same
+    with ``test/``. The checkpoint's ``net.encoder.*`` tensors are what a segmentation config names as
+    ``model_kwargs.encoder_weights``.
+
+    Args:
+        encoder: smp encoder name (``resnet18``, ``vgg16_bn``, ...) or ``tu-<timm model>``.
+        encoder_weights: starting weights of the encoder: ``"imagenet"``, ``None`` or a file.
+        in_channels: channels of the input images.
+        num_classes: number of classes (subfolders of the dataset).
+        class_names: names of the classes, in label order (stored with the checkpoint).
+        dropout: dropout before the linear classifier.
+        label_smoothing: cross-entropy label smoothing.
+        optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
+        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/acc``.
+
+    Raises:
+        ValueError: for an unknown encoder or ``class_names`` of the wrong length.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.net = EncoderClassifier(in_channels, num_classes, encoder, encoder_weights, dropout)
+        self.accuracy = torch.nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes)."""
+        return self.net(image)
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        accuracy = self.accuracy[f"{stage}_acc"]
+        accuracy.update(logits.argmax(1), batch["label"])
+        size = len(batch["image"])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "train", batch_size=size)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``{"name": file stems, "label": (B,) predicted class, "probability": (B, K)}``."""
+        probability = self(batch["image"]).softmax(1)
+        return {"name": batch["name"], "label": probability.argmax(1), "probability": probability}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/acc"
+        return {"optimizer": optimizer, "lr_scheduler": config}

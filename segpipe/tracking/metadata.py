@@ -1,0 +1,143 @@
+"""Run metadata: git commit, package versions, hardware, data fingerprint and model size."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from segpipe.summary import summarize
+from segpipe.tracking.logger import mlflow_logger
+
+PACKAGES = ("segpipe", "torch", "lightning", "monai", "mlflow", "numpy", "albumentations", "torchmetrics")
+
+
+def git_state(folder: Path) -> dict[str, str]:
+    """``{"git.commit", "git.dirty"}`` of the repository holding ``folder``; empty outside one or without git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git.commit": commit, "git.dirty": str(bool(status.strip())).lower()}
+
+
+def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
+    found = {}
+    for name in packages:
+        try:
+            found[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def hardware(trainer: pl.Trainer) -> dict[str, str]:
+    info = {
+        "hardware.platform": platform.platform(),
+        "hardware.python": platform.python_version(),
+        "hardware.cpus": str(os.cpu_count()),
+        "hardware.accelerator": type(trainer.accelerator).__name__,
+        "hardware.devices": str(trainer.num_devices),
+        "hardware.precision": str(trainer.precision),
+    }
+    if torch.cuda.is_available():
+        info["hardware.gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return info
+
+
+def _paths(case: Any) -> list[Path]:
+    values = [getattr(case, f.name) for f in dataclasses.fields(case)] if dataclasses.is_dataclass(case) else []
+    flat: list[Any] = []
+    for value in values:
+        flat.extend(value if isinstance(value, tuple | list) else [value])
+    return [v for v in flat if isinstance(v, Path)]
+
+
+def data_fingerprint(splits: Mapping[str, Iterable[Any]]) -> dict[str, str]:
+    """SHA-256 (16 hex digits) of every split's file list with sizes and mtimes, and the case count per split.
+
+    Cases are dataclasses whose ``Path`` fields (or tuples of paths) are the files; renaming, adding,
+    removing, rewriting or moving a case between splits changes the fingerprint.
+    """
+    digest = hashlib.sha256()
+    counts = {}
+    for split in sorted(splits):
+        cases = list(splits[split])
+        counts[f"data.n_{split}"] = str(len(cases))
+        for case in cases:
+            for path in _paths(case):
+                stat = path.stat()
+                entry = (split, getattr(case, "name", ""), path.name, stat.st_size, stat.st_mtime_ns)
+                digest.update(("\t".join(map(str, entry)) + "\n").encode())
+    return {"data.fingerprint": digest.hexdigest()[:16], **counts}
+
+
+def model_size(net: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, str]:
+    """Parameters and multiply-adds per sample from :func:`segpipe.summary.summarize`, on the meta device."""
+    summary = summarize(copy.deepcopy(net).to("meta"), input_shape)
+    return {
+        "model.params": str(summary.params),
+        "model.trainable_params": str(summary.trainable_params),
+        "model.macs_per_sample": str(summary.macs_per_sample),
+        "model.summary_input": "x".join(map(str, input_shape)),
+    }
+
+
+def sample_shape(datamodule: Any) -> tuple[int, ...] | None:
+    """(1, C, *spatial) of the first validation item, if the DataModule exposes its datasets."""
+    datasets = getattr(datamodule, "datasets", {})
+    dataset = datasets.get("val") if isinstance(datasets, dict) else None
+    if dataset is None or len(dataset) == 0:
+        return None
+    return (1, *torch.as_tensor(dataset[0]["image"]).shape)
+
+
+class RunMetadata(Callback):
+    """At the start of fit, record in the run: params ``data.*`` and ``model.*``, tags ``git.*``,
+    ``version.*`` and ``hardware.*``, and all of it as ``run/metadata.json``.
+
+    Args:
+        enabled: record the metadata.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = mlflow_logger(trainer)
+        if not self.enabled or logger is None or not trainer.is_global_zero:
+            return
+        params: dict[str, str] = {}
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "cases"):
+            params.update(data_fingerprint(datamodule.cases()))
+        shape = sample_shape(datamodule)
+        net = getattr(pl_module, "net", pl_module)
+        if shape is not None:
+            params.update(model_size(net, shape))
+        tags = {
+            **git_state(Path(__file__).resolve().parent),
+            **package_versions(),
+            **hardware(trainer),
+        }
+        logger.log_params_once(params)
+        logger.set_tags(tags)
+        logger.log_text(json.dumps({"params": params, "tags": tags}, indent=2), "run/metadata.json")

@@ -1,0 +1,70 @@
+"""Log the best network as an MLflow PyTorch model (optionally registered) with signature and input example."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import mlflow
+import mlflow.pytorch
+import torch
+from lightning.pytorch.callbacks import Callback
+from mlflow.models import ModelSignature, infer_signature
+
+from segpipe.tracking.logger import MLflowLogger, mlflow_logger
+from segpipe.tracking.metadata import sample_shape
+
+
+class LogBestModel(Callback):
+    """At the end of fit, log the network of the best checkpoint as the run's ``model``.
+
+    ``mlflow.pytorch.load_model("runs:/<run id>/model")`` then returns the plain ``nn.Module``
+    (segpipe must be importable): input (B, C, *spatial) float32, output logits (B, K, *spatial). The input
+    example is one validation case (one window of ``inference_roi`` for sliding-window models).
+
+    Args:
+        enabled: log the model.
+        registered_model_name: also register it in the model registry under this name.
+    """
+
+    def __init__(self, enabled: bool = True, registered_model_name: str | None = None) -> None:
+        self.enabled = enabled
+        self.registered_model_name = registered_model_name
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = mlflow_logger(trainer)
+        if not self.enabled or logger is None or not trainer.is_global_zero:
+            return
+        net = copy.deepcopy(pl_module.net).cpu().eval()
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+        roi = pl_module.hparams.get("inference_roi")
+        shape = (1, pl_module.hparams.in_channels, *roi) if roi else sample_shape(trainer.datamodule)
+        if shape is None:
+            return
+        example = torch.zeros(shape)
+        if not roi:
+            example = torch.as_tensor(trainer.datamodule.datasets["val"][0]["image"])[None].float()
+        with torch.no_grad():
+            output = net(example)
+        signature = infer_signature(example.numpy(), output.numpy())
+        logger.guard("model", lambda: self._log(logger, net, example, signature))
+
+    def _log(
+        self, logger: MLflowLogger, net: torch.nn.Module, example: torch.Tensor, signature: ModelSignature
+    ) -> None:
+        mlflow.set_tracking_uri(logger._tracking_uri)
+        with mlflow.start_run(run_id=logger.run_id):
+            mlflow.pytorch.log_model(
+                net,
+                name="model",
+                input_example=example.numpy(),
+                signature=signature,
+                registered_model_name=self.registered_model_name,
+                # mlflow's default here is torch.export ("pt2"), which fixes the batch size and image size
+                # to those of the example; the pickled module takes any (B, C, *spatial).
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )

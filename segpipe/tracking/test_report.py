@@ -1,0 +1,115 @@
+"""``segpipe test`` report: per-case CSV, per-class summary (console and run), box plots of Dice and HD95."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from segpipe.tracking.figures import box_plot_figure
+from segpipe.tracking.logger import mlflow_logger
+from segpipe.tracking.reports import (
+    CASE_COLUMNS,
+    SUMMARY_COLUMNS,
+    case_metrics,
+    print_summary,
+    summarize_cases,
+    write_csv,
+)
+
+
+def spacing_of(batch: dict[str, Any], index: int, spatial_dims: int) -> list[float] | None:
+    """Pixel/voxel size of item ``index``: ``batch["spacing"]``, else the affine of a MONAI MetaTensor."""
+    if "spacing" in batch:
+        return [float(s) for s in torch.as_tensor(batch["spacing"][index]).flatten()]
+    affine = getattr(batch["image"], "affine", None)
+    if isinstance(affine, torch.Tensor) and affine.ndim == 3:
+        return [float(x) for x in affine[index, :spatial_dims, :spatial_dims].double().norm(dim=0)]
+    return None
+
+
+class TestReport(Callback):
+    """Score every test case separately and report it (see :mod:`segpipe.tracking.reports` for the rules).
+
+    Writes ``test_cases.csv`` (case, class, dice, iou, hd95, asd, volume_pred, volume_ref) and
+    ``test_summary.csv`` (mean, median, std and number of scored cases per class and metric) to
+    ``output_dir`` and to the run under ``reports/``; prints the summary as a table; logs
+    ``figures/test_boxplots.png`` and the per-class means of HD95 and ASD as ``test/hd95_<class>`` and
+    ``test/asd_<class>``.
+
+    Args:
+        enabled: produce the report.
+        output_dir: local folder for the CSVs (default: next to the checkpoints, ``.../test_report``).
+        print_table: print the summary table to the console.
+    """
+
+    def __init__(self, enabled: bool = True, output_dir: str | None = None, print_table: bool = True) -> None:
+        self.enabled = enabled
+        self.output_dir = output_dir
+        self.print_table = print_table
+        self.rows: list[dict[str, str | float]] = []
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows = []
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self.enabled or not isinstance(outputs, dict) or "prediction" not in outputs:
+            return
+        predictions, references = outputs["prediction"].cpu(), batch["mask"].cpu()
+        ignore = pl_module.hparams.get("ignore_index")
+        spatial_dims = references.ndim - 1
+        for i, name in enumerate(batch["name"]):
+            pred, ref = predictions[i].clone(), references[i].clone()
+            if ignore is not None:
+                pred[ref == ignore] = 0
+                ref[ref == ignore] = 0
+            spacing = spacing_of(batch, i, spatial_dims)
+            self.rows.extend(case_metrics(pred, ref, pl_module.class_names, str(name), spacing))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and self.rows:
+            self.report(trainer)
+
+    def folder(self, trainer: pl.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        checkpoint = trainer.checkpoint_callback
+        dirpath = getattr(checkpoint, "dirpath", None)
+        return Path(dirpath).parent / "test_report" if dirpath else Path(trainer.default_root_dir) / "test_report"
+
+    @rank_zero_only
+    def report(self, trainer: pl.Trainer) -> None:
+        summary = summarize_cases(self.rows)
+        folder = self.folder(trainer)
+        cases_csv = write_csv(folder / "test_cases.csv", self.rows, CASE_COLUMNS)
+        summary_csv = write_csv(folder / "test_summary.csv", summary, SUMMARY_COLUMNS)
+        if self.print_table:
+            print_summary(summary)
+            print(f"Per-case test metrics: {cases_csv}")
+        logger = mlflow_logger(trainer)
+        if logger is None:
+            return
+        logger.log_artifact(cases_csv, "reports")
+        logger.log_artifact(summary_csv, "reports")
+        figure = box_plot_figure(self.rows)
+        logger.log_figure(figure, "figures/test_boxplots.png")
+        plt.close(figure)
+        means = {
+            f"test/{s['metric']}_{s['class']}": float(s["mean"])
+            for s in summary
+            if s["metric"] in ("hd95", "asd") and s["n"]
+        }
+        logger.log_metrics(means, step=trainer.global_step)
