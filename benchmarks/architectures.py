@@ -33,7 +33,8 @@ def run(config: str, max_epochs: int | None, workdir: Path) -> dict[str, float]:
     cmd += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(workdir / config)]
     cmd += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{db}"]
     if max_epochs is not None:
-        cmd += ["--trainer.max_epochs", str(max_epochs)]
+        # Shorten the cosine schedule with the run, so that every run ends at the same point of it.
+        cmd += ["--trainer.max_epochs", str(max_epochs), "--model.lr_scheduler.init_args.T_max", str(max_epochs)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
