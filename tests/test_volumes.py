@@ -18,7 +18,7 @@ from segpipe.data import MNIDemo3DDataModule, VolumeDataModule
 from segpipe.data.demo import _load_template, mni_labels
 from segpipe.data.demo3d import build_mni_demo3d, template_affine
 from segpipe.data.io3d import read_label, read_volume, write_label, write_volume
-from segpipe.data.volumes import split_names
+from segpipe.data.splits import split_names
 from segpipe.errors import DataError
 
 SHAPE = (24, 20, 16)
