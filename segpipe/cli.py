@@ -125,8 +125,13 @@ class SegpipeCLI(LightningCLI):
         self._check_data("test")
 
     def before_predict(self) -> None:
-        if not self.config_init[self.subcommand].get("ckpt_path"):
+        config = self.config_init[self.subcommand]
+        if not config.get("ckpt_path"):
             raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt>")
+        # The writer callback saves each batch; keeping every prediction in memory as well would grow
+        # with the dataset (volumes of class probabilities). --return_predictions true restores it.
+        if config.get("return_predictions") is None:
+            config["return_predictions"] = False
         self._check_data("predict")
 
     def after_fit(self) -> None:

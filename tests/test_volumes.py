@@ -170,7 +170,8 @@ def test_nnunet_layout_groups_channel_files_into_cases(tmp_path: Path):
 
     dm.setup("validate")
     sample = dm.datasets["val"][0]
-    assert sample["image"].shape == (2, *SHAPE) and sample["image"].dtype == torch.float32
+    # Reoriented to RAS (the default): AFFINE's voxel axes are A, L, S, so X and Y swap places.
+    assert sample["image"].shape == (2, SHAPE[1], SHAPE[0], SHAPE[2]) and sample["image"].dtype == torch.float32
     # z-scored per channel: channel 1 (2x channel 0) normalises to the same values.
     torch.testing.assert_close(sample["image"][0], sample["image"][1], atol=1e-4, rtol=0)
     assert sorted(c.name for c in dm.predict_cases()) == [f"new_{i:03d}" for i in range(4)]

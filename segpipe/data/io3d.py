@@ -241,3 +241,55 @@ def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Non
     elif array.ndim != 3:
         raise ValueError(f"volume must be (X, Y, Z) or (C, X, Y, Z), got shape {array.shape}")
     _write_nifti(Path(path), _nifti(array, affine))
+
+
+def _itk_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    """The voxel -> RAS+ mm affine of a SimpleITK image or of a reader that has read its information."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(image.GetDirection(), np.float64).reshape(3, 3) * np.asarray(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], VolumeMeta]:
+    """Spatial shape (X, Y, Z) and geometry of a volume from its header, without decoding the voxels
+    (an ``.npy`` is memory-mapped; an ``.npz`` is read whole). Used for dataset fingerprints.
+
+    Raises:
+        DataError: naming ``path``, when the file is missing, empty, not a volume format, or its header
+            cannot be read.
+    """
+    path = Path(path)
+    suffix = _check_file(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            image = nib.load(path)
+            shape, affine = image.shape, np.asarray(image.affine, np.float64)
+        elif suffix in ITK_SUFFIXES:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape, affine = reader.GetSize(), _itk_affine(reader)
+        elif suffix == ".npy":
+            shape, affine = np.load(path, mmap_mode="r", allow_pickle=False).shape, np.eye(4)
+            shape = shape[1:] if len(shape) == 4 else shape
+        else:
+            array, affine = _read_numpy(path, suffix)
+            shape = array.shape[1:] if array.ndim == 4 else array.shape
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(path, f"cannot be read as a {suffix} volume ({_reason(err)})") from None
+    if len(shape) < 3:
+        raise DataError(path, f"expected a 3D volume, got shape {tuple(shape)}")
+    return (int(shape[0]), int(shape[1]), int(shape[2])), VolumeMeta.from_affine(affine)
+
+
+def write_nifti(path: str | Path, image: nib.Nifti1Image) -> None:
+    """Write a nibabel image with its header as given, atomically like :func:`write_label` (prediction
+    writers copy the input's header).
+
+    Raises:
+        ValueError: for a name that does not end in ``.nii``/``.nii.gz``.
+    """
+    _write_nifti(Path(path), image)

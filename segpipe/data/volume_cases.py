@@ -10,6 +10,7 @@ from monai.transforms import Transform
 from segpipe.data.io3d import VolumeMeta, read_label, read_volume
 from segpipe.data.layouts import VolumeCase
 from segpipe.errors import DataError
+from segpipe.transforms.geometry import GEOMETRY_KEY, geometry_record
 
 # Image and label geometry must agree to this many millimetres (affine entries, spacing included).
 AFFINE_ATOL = 1e-3
@@ -68,13 +69,18 @@ def load_case(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None, VolumeMe
 
 class LoadCased(Transform):
     """MONAI transform ``{"case": VolumeCase}`` -> ``{"image": (C, X, Y, Z) float32, "mask": (1, X, Y, Z)
-    int64, "name": str}`` (no ``"mask"`` for a case without label), reading through :func:`load_case`.
+    int64, "name": str, "geometry": {...}}`` (no ``"mask"`` for a case without label), reading through
+    :func:`load_case`; ``geometry`` is the file's record (:func:`segpipe.transforms.geometry.geometry_record`).
     """
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         case: VolumeCase = data["case"]
-        image, label, _ = load_case(case)
-        out: dict[str, Any] = {"image": image, "name": case.name}
+        image, label, meta = load_case(case)
+        out: dict[str, Any] = {
+            "image": image,
+            "name": case.name,
+            GEOMETRY_KEY: geometry_record(str(case.images[0]), meta.affine, image.shape[1:]),
+        }
         if label is not None:
             out["mask"] = label[None]
         return out

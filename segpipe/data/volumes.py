@@ -13,38 +13,47 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.transforms import (
     Compose,
+    DeleteItemsd,
     EnsureTyped,
     FgBgToIndicesd,
-    NormalizeIntensityd,
     RandCropByPosNegLabeld,
-    ScaleIntensityRanged,
     SpatialPadd,
     SqueezeDimd,
     Transform,
 )
 
+from segpipe.data.fingerprint import foreground_intensity_statistics, median_spacing
 from segpipe.data.layouts import Layout, ResolvedLayout, VolumeCase, discover_cases, predict_cases, resolve_layout
 from segpipe.data.splits import SPLITS, read_split_file, split_names
 from segpipe.data.volume_cases import LoadCased, load_case
 from segpipe.errors import DataError
+from segpipe.transforms.geometry import GEOMETRY_KEY, VolumeGeometryd, spacing_of
+from segpipe.transforms.volume_intensity import CTStatistics, VolumeNormalization, normalization_steps
 
-VolumeNormalization = Literal["zscore", "ct", "none"]
+__all__ = ["VolumeDataModule", "VolumeNormalization", "collate_volumes"]
 
 
 # ---- the DataModule --------------------------------------------------------------------------------
 class VolumeDataModule(pl.LightningDataModule):
     """3D images and integer label volumes; patches for training, whole volumes for val/test/predict.
 
+    Every case is first preprocessed (deterministic, :meth:`preprocessing`): read, reoriented to
+    ``orientation`` (RAS), cropped to its non-zero region (``crop_nonzero``), resampled to ``spacing``
+    (by default the training cases' median voxel size; images by spline ``interpolation_order``, labels
+    by nearest neighbour) and normalised. What each step did is kept in ``item["geometry"]`` (see
+    :mod:`segpipe.transforms.geometry`) so that ``segpipe predict`` writes masks on the input's grid.
+
     Training items are lists of ``samples_per_volume`` patches cropped from one volume (MONAI's
     multi-sample convention), each ``{"image": (C, *patch_size) float32, "mask": (*patch_size) int64,
     "name": str}``; a training batch therefore holds ``batch_size * samples_per_volume`` patches. A
     ``foreground_fraction`` share of patches is centred on a foreground voxel (label > 0), the rest on
     background (MONAI ``RandCropByPosNegLabeld``); volumes smaller than the patch are zero-padded first.
-    Val/test/predict items are whole volumes ``{"image": (C, X, Y, Z), "mask": (X, Y, Z), "name"}``,
-    batch size 1, for the task's sliding-window inference (``model.inference_roi``).
+    Val/test/predict items are whole preprocessed volumes ``{"image": (C, X, Y, Z), "mask": (X, Y, Z),
+    "name", "geometry"}``, batch size 1, for the task's sliding-window inference (``model.inference_roi``);
+    their batches hold ``geometry`` as a list of records and ``spacing`` (B, 3) in mm.
 
     Args:
         root: dataset folder.
@@ -63,20 +72,34 @@ class VolumeDataModule(pl.LightningDataModule):
         batch_size: volumes per training batch (each contributes ``samples_per_volume`` patches).
         num_workers: DataLoader worker processes (also threads that fill the cache).
         pin_memory: page-lock batches for faster host-to-GPU copies.
+        orientation: axis codes the volumes are reoriented to (``RAS``: voxel axes along right, anterior,
+            superior); ``null`` keeps each file's voxel order.
+        spacing: target voxel size in mm along the (reoriented) axes: ``median`` (the training cases'
+            median, from the headers, as nnU-Net), ``[sx, sy, sz]``, or ``null`` (no resampling).
+        interpolation_order: spline order for resampling images, 0-5 (1: trilinear; 3: cubic B-spline,
+            nnU-Net's, slower). Labels are always resampled by nearest neighbour.
+        crop_nonzero: crop each volume to the box of voxels that are non-zero in any channel (nnU-Net);
+            predictions outside it are background.
+        crop_margin: voxels kept around that box (one value or one per axis).
         normalization: ``zscore`` (per volume and channel, nnU-Net's MR scheme), ``ct`` (clip to
-            ``ct_window`` then z-score with ``ct_mean``/``ct_std``, or per volume when they are unset) or
-            ``none``.
-        ct_window: intensity window ``[lo, hi]`` for ``normalization: ct`` (e.g. HU ``[-1000, 1000]``).
-        ct_mean: dataset mean after clipping, for ``normalization: ct``.
+            ``ct_window`` or ``ct_percentiles``, then z-score) or ``none``.
+        ct_window: fixed intensity window ``[lo, hi]`` for ``normalization: ct`` (e.g. HU ``[-1000, 1000]``).
+        ct_percentiles: clip to these percentiles ``[lo, hi]`` (e.g. ``[0.5, 99.5]``) instead, of the
+            training foreground or of each volume (``ct_statistics``).
+        ct_statistics: where the percentiles and the z-score's mean/std come from: ``volume`` (each
+            volume's own voxels) or ``dataset`` (foreground voxels, label > 0, sampled from the training
+            cases: nnU-Net's CT scheme).
+        ct_mean: dataset mean after clipping, for ``normalization: ct`` (wins over ``ct_statistics``).
         ct_std: dataset standard deviation after clipping, for ``normalization: ct``.
-        cache: keep decoded, normalised volumes in memory (MONAI ``CacheDataset``); only the random
+        cache: keep decoded, preprocessed volumes in memory (MONAI ``CacheDataset``); only the random
             patch cropping runs per epoch.
         predict_dir: folder of volumes for ``segpipe predict`` (default for nnU-Net: ``imagesTs/``).
 
     Raises:
         ValueError: for a patch size that is not 3 positive values, ``samples_per_volume < 1``,
             ``foreground_fraction`` outside [0, 1], ``num_folds < 2``, ``fold`` outside
-            0..num_folds-1, or ``ct`` normalisation without a valid window or with ``ct_std <= 0``.
+            0..num_folds-1, bad axis codes, spacings or interpolation order, a negative margin, or ``ct``
+            normalisation without one valid window or percentile pair or with ``ct_std <= 0``.
     """
 
     def __init__(
@@ -95,8 +118,15 @@ class VolumeDataModule(pl.LightningDataModule):
         batch_size: int = 2,
         num_workers: int = 2,
         pin_memory: bool = True,
+        orientation: str | None = "RAS",
+        spacing: Literal["median"] | tuple[float, float, float] | None = "median",
+        interpolation_order: int = 1,
+        crop_nonzero: bool = False,
+        crop_margin: int | tuple[int, int, int] = 0,
         normalization: VolumeNormalization = "zscore",
         ct_window: tuple[float, float] | None = None,
+        ct_percentiles: tuple[float, float] | None = None,
+        ct_statistics: CTStatistics = "volume",
         ct_mean: float | None = None,
         ct_std: float | None = None,
         cache: bool = False,
@@ -113,8 +143,12 @@ class VolumeDataModule(pl.LightningDataModule):
             raise ValueError(f"num_folds must be >= 2, got {num_folds}")
         if fold is not None and not 0 <= fold < num_folds:
             raise ValueError(f"fold must be in 0..{num_folds - 1} (num_folds={num_folds}), got {fold}")
-        if normalization == "ct" and (ct_window is None or len(ct_window) != 2 or ct_window[0] >= ct_window[1]):
-            raise ValueError(f"normalization 'ct' needs ct_window [lo, hi] with lo < hi, got {ct_window}")
+        if normalization == "ct":
+            _check_ct_clip(ct_window, ct_percentiles)
+        if spacing is not None and spacing != "median" and (len(spacing) != 3 or min(spacing) <= 0):
+            raise ValueError(f"spacing must be 'median', 3 positive sizes in mm or null, got {spacing}")
+        # Validates orientation, interpolation order and margin now rather than in a worker.
+        VolumeGeometryd(orientation, None, interpolation_order, crop_nonzero, crop_margin)
         if ct_std is not None and ct_std <= 0:
             raise ValueError(f"ct_std must be > 0, got {ct_std}")
         if (ct_mean is None) != (ct_std is None):
@@ -133,13 +167,21 @@ class VolumeDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.orientation = orientation
+        self.spacing = spacing
+        self.interpolation_order = interpolation_order
+        self.crop_nonzero = crop_nonzero
+        self.crop_margin = crop_margin
         self.normalization = normalization
         self.ct_window = ct_window
+        self.ct_percentiles = ct_percentiles
+        self.ct_statistics = ct_statistics
         self.ct_mean = ct_mean
         self.ct_std = ct_std
         self.cache = cache
         self.predict_dir = predict_dir
         self.datasets: dict[str, Dataset] = {}
+        self._statistics: dict[str, Any] | None = None
 
     # ---- discovery ---------------------------------------------------------------------------------
     def resolved_layout(self) -> ResolvedLayout:
@@ -231,36 +273,86 @@ class VolumeDataModule(pl.LightningDataModule):
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise DataError(first.path, first.problem + more)
 
-    # ---- transforms and datasets -------------------------------------------------------------------
-    def _normalize(self) -> list[Transform]:
-        if self.normalization == "none":
-            return []
-        if self.normalization == "zscore":
-            return [NormalizeIntensityd("image", channel_wise=True)]
-        lo, hi = self.ct_window  # type: ignore[misc]
-        return [
-            # Identity scaling with clip=True: clips intensities to the window.
-            ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True),
-            NormalizeIntensityd(
-                "image", subtrahend=self.ct_mean, divisor=self.ct_std, channel_wise=self.ct_mean is None
-            ),
-        ]
+    # ---- dataset statistics -------------------------------------------------------------------------
+    def dataset_statistics(self) -> dict[str, Any]:
+        """Values computed once from the training split that preprocessing uses (cached; part of
+        :meth:`preprocessing_signature`; worth logging with the run).
 
+        Returns:
+            ``{"median_spacing": [sx, sy, sz]}`` (mm, along the reoriented axes) when ``spacing: median``,
+            and ``{"ct_clip": [[lo, hi], ...], "ct_mean": [...], "ct_std": [...]}`` (one entry per channel)
+            for ``normalization: ct`` with ``ct_statistics: dataset``; empty when nothing is needed.
+
+        Raises:
+            DataError: when the training split cannot be found or read, or holds no foreground for the
+                CT statistics.
+        """
+        if self._statistics is not None:
+            return self._statistics
+        statistics: dict[str, Any] = {}
+        needs_median = self.spacing == "median"
+        fixed_ct = self.ct_window is not None and self.ct_mean is not None
+        needs_ct = self.normalization == "ct" and self.ct_statistics == "dataset" and not fixed_ct
+        if needs_median or needs_ct:
+            train = self.cases()["train"]
+            if not train:
+                raise DataError(self.root, "the train split is empty: it is needed for the dataset statistics")
+            if needs_median:
+                statistics["median_spacing"] = median_spacing(train, self.orientation)
+            if needs_ct:
+                statistics |= foreground_intensity_statistics(train, self.ct_percentiles, self.ct_window)
+        self._statistics = statistics
+        return statistics
+
+    def target_spacing(self) -> list[float] | None:
+        """The voxel size (mm) volumes are resampled to, or None (see ``spacing``)."""
+        if self.spacing is None:
+            return None
+        if self.spacing == "median":
+            return list(self.dataset_statistics()["median_spacing"])
+        return [float(s) for s in self.spacing]
+
+    # ---- transforms and datasets -------------------------------------------------------------------
     def preprocessing(self) -> list[Transform]:
-        """The deterministic steps from file to training-ready volume: read, then normalise.
+        """The deterministic steps from file to training-ready volume: read, reorient, crop, resample,
+        normalise.
 
         Everything here depends only on the case's files and :meth:`preprocessing_signature`, so its
-        output may be cached; random steps belong in :meth:`sampling`.
+        output may be cached; random steps belong in :meth:`sampling`. The output holds plain data only:
+        ``image`` (C, X, Y, Z) float32, ``mask`` (1, X, Y, Z) int64 (cases with a label), ``name`` and
+        ``geometry`` (:mod:`segpipe.transforms.geometry`).
         """
-        return [LoadCased(), *self._normalize()]
+        geometry = VolumeGeometryd(
+            self.orientation, self.target_spacing(), self.interpolation_order, self.crop_nonzero, self.crop_margin
+        )
+        normalize = normalization_steps(
+            self.normalization,
+            self.ct_window,
+            self.ct_percentiles,
+            self.ct_statistics,
+            self.ct_mean,
+            self.ct_std,
+            self.dataset_statistics(),
+        )
+        return [LoadCased(), geometry, *normalize]
 
     def preprocessing_signature(self) -> dict[str, Any]:
-        """Every setting that changes the output of :meth:`preprocessing` (a cache of it is keyed on this)."""
+        """Every setting that changes the output of :meth:`preprocessing` (a cache of it is keyed on this),
+        including the :meth:`dataset_statistics` it uses. JSON-serialisable."""
         return {
+            "orientation": self.orientation,
+            "spacing": self.spacing if self.spacing in (None, "median") else [float(s) for s in self.spacing],
+            "target_spacing": self.target_spacing(),
+            "interpolation_order": self.interpolation_order,
+            "crop_nonzero": self.crop_nonzero,
+            "crop_margin": self.crop_margin if isinstance(self.crop_margin, int) else list(self.crop_margin),
             "normalization": self.normalization,
             "ct_window": list(self.ct_window) if self.ct_window is not None else None,
+            "ct_percentiles": list(self.ct_percentiles) if self.ct_percentiles is not None else None,
+            "ct_statistics": self.ct_statistics,
             "ct_mean": self.ct_mean,
             "ct_std": self.ct_std,
+            "dataset_statistics": self.dataset_statistics(),
         }
 
     def sampling(self) -> list[Transform]:
@@ -288,7 +380,8 @@ class VolumeDataModule(pl.LightningDataModule):
             EnsureTyped("image", dtype=torch.float32, track_meta=False),
             EnsureTyped("mask", dtype=torch.int64, track_meta=False, allow_missing_keys=True),
         ]
-        steps = self.preprocessing() + (self.sampling() if train else [])
+        # Training patches do not need the geometry record (it is for mapping predictions back).
+        steps = self.preprocessing() + ([DeleteItemsd(GEOMETRY_KEY), *self.sampling()] if train else [])
         return Compose([*steps, *to_tensors])
 
     def _dataset(self, cases: list[VolumeCase], train: bool) -> Dataset:
@@ -316,6 +409,7 @@ class VolumeDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            collate_fn=list_data_collate if shuffle else collate_volumes,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -329,3 +423,26 @@ class VolumeDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", 1, shuffle=False)
+
+
+def _check_ct_clip(window: tuple[float, float] | None, percentiles: tuple[float, float] | None) -> None:
+    if window is None and percentiles is None:
+        raise ValueError("normalization 'ct' needs ct_window [lo, hi] with lo < hi, or ct_percentiles [lo, hi]")
+    if window is not None and percentiles is not None:
+        raise ValueError(f"set ct_window ({list(window)}) or ct_percentiles ({list(percentiles)}), not both")
+    if window is not None and (len(window) != 2 or window[0] >= window[1]):
+        raise ValueError(f"normalization 'ct' needs ct_window [lo, hi] with lo < hi, got {list(window)}")
+    if percentiles is not None and (len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100):
+        raise ValueError(f"ct_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, got {list(percentiles)}")
+
+
+def collate_volumes(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate whole-volume items; ``geometry`` stays a list of per-item records (numpy, not moved to the
+    device) and ``spacing`` (B, 3) float32 gives their voxel size in mm (for per-case reports)."""
+    records = [item.get(GEOMETRY_KEY) for item in items]
+    batch = list_data_collate([{k: v for k, v in item.items() if k != GEOMETRY_KEY} for item in items])
+    if all(record is not None for record in records):
+        batch[GEOMETRY_KEY] = records
+        spacings = [spacing_of(record["resampled_affine"]) for record in records]
+        batch["spacing"] = torch.as_tensor(np.stack(spacings), dtype=torch.float32)
+    return batch

@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from segpipe.inference.tta import flip_averaged, tta_axes
 from segpipe.losses import LossName, SegmentationLoss
 from segpipe.metrics import OverlapScores
 from segpipe.models import build_model
@@ -46,11 +47,15 @@ class SegmentationTask(pl.LightningModule):
             images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
         inference_overlap: overlap between neighbouring windows.
         inference_batch_size: windows per forward pass.
+        tta: flip test-time augmentation at ``segpipe predict``: class probabilities averaged over the
+            input mirrored along every subset of these spatial axes (0-based; ``true``: all axes, 8
+            passes in 3D), each flipped back; ``false``: one pass. Validation and test run without it.
         encoder_lr: learning rate of the network's pretrained ``encoder`` (encoder_unet, encoder_fcn), the
             rest keeping the optimiser's; ``None``: one learning rate for all.
 
     Raises:
-        ValueError: for an unknown model or loss, or ``class_names`` of the wrong length.
+        ValueError: for an unknown model or loss, ``class_names`` of the wrong length, or ``tta`` axes
+            outside the spatial dimensions.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class SegmentationTask(pl.LightningModule):
         inference_roi: list[int] | None = None,
         inference_overlap: float = 0.5,
         inference_batch_size: int = 4,
+        tta: bool | list[int] = False,
         encoder_lr: float | None = None,
     ) -> None:
         super().__init__()
@@ -78,6 +84,7 @@ class SegmentationTask(pl.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
         self.class_names = list(class_names or [f"class{i}" for i in range(num_classes)])
+        self.tta_axes = tta_axes(tta, spatial_dims)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.net = build_model(model, spatial_dims, in_channels, num_classes, **(model_kwargs or {}))
@@ -104,6 +111,10 @@ class SegmentationTask(pl.LightningModule):
             overlap=self.hparams.inference_overlap,
             mode="gaussian",
         )
+
+    def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, K, *spatial): softmax of :meth:`infer`, averaged over the ``tta`` flips."""
+        return flip_averaged(lambda x: self.infer(x).softmax(1), image, self.tta_axes)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
@@ -142,7 +153,9 @@ class SegmentationTask(pl.LightningModule):
         self._log_scores("test", self.test_scores)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"name": batch["name"], "mask": self.infer(batch["image"]).argmax(1)}
+        """``{"name": [str], "probabilities": (B, K, *spatial) float, "mask": (B, *spatial) labels}``."""
+        probabilities = self.predict_probabilities(batch["image"])
+        return {"name": batch["name"], "probabilities": probabilities, "mask": probabilities.argmax(1)}
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(param_groups(self.net, self.hparams.encoder_lr))
