@@ -13,6 +13,7 @@ import yaml
 
 from segpipe.data import VolumeDataModule
 from segpipe.data.io3d import read_geometry, read_volume, write_label, write_volume
+from segpipe.errors import DataError
 from segpipe.transforms.geometry import VolumeGeometryd, geometry_record, restore_geometry, spacing_of
 from segpipe.transforms.volume_intensity import ClipIntensityd
 
@@ -279,3 +280,14 @@ def test_validation_batches_carry_the_geometry_records_and_the_spacing(tmp_path:
     torch.testing.assert_close(batch["spacing"], torch.tensor([SPACING], dtype=torch.float32))
     train = next(iter(dm.train_dataloader()))
     assert "geometry" not in train and train["image"].shape == (4, 1, 8, 8, 8)
+
+
+def test_dataset_statistics_without_training_cases_name_the_setting(tmp_path: Path):
+    write_volume(tmp_path / "new" / "case_0000.nii.gz", np.ones(SHAPE, np.float32), LPS)
+    folders = {"root": str(tmp_path), "layout": "nnunet", "predict_dir": str(tmp_path / "new"), "num_workers": 0}
+    expected = r"imagesTr: folder does not exist \(the training cases are needed for spacing: median\)"
+    with pytest.raises(DataError, match=expected):
+        VolumeDataModule(**folders).setup("predict")
+    explicit = VolumeDataModule(**folders, spacing=(1, 1, 2))
+    explicit.setup("predict")
+    assert explicit.datasets["predict"][0]["image"].shape == (1, 17, 14, 11)

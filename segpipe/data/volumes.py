@@ -294,9 +294,17 @@ class VolumeDataModule(pl.LightningDataModule):
         fixed_ct = self.ct_window is not None and self.ct_mean is not None
         needs_ct = self.normalization == "ct" and self.ct_statistics == "dataset" and not fixed_ct
         if needs_median or needs_ct:
-            train = self.cases()["train"]
+            uses = " and ".join(
+                use
+                for use, needed in (("spacing: median", needs_median), ("ct_statistics: dataset", needs_ct))
+                if needed
+            )
+            try:
+                train = self.cases()["train"]
+            except DataError as err:
+                raise DataError(err.path, f"{err.problem} (the training cases are needed for {uses})") from None
             if not train:
-                raise DataError(self.root, "the train split is empty: it is needed for the dataset statistics")
+                raise DataError(self.root, f"the train split is empty; {uses} needs training cases")
             if needs_median:
                 statistics["median_spacing"] = median_spacing(train, self.orientation)
             if needs_ct:

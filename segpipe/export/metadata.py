@@ -28,8 +28,9 @@ FORMULAS: dict[int, dict[str, str]] = {
     },
     3: {
         "zscore": "per volume and channel: (x - mean(x)) / std(x) (population std; 0 -> 1), over the whole volume",
-        "ct": "clip to window [lo, hi], then (x - mean) / std with the dataset statistics given here, or per "
-        "volume and channel (as zscore) when they are null",
+        "ct": "clip to window [lo, hi] (or to the percentiles given here, of the volume or of the training "
+        "foreground), then (x - mean) / std with the dataset statistics given here, or per volume and channel "
+        "(as zscore) when they are null",
         "none": "none: the raw intensities as float32",
     },
 }
@@ -89,8 +90,11 @@ def _normalization(settings: dict[str, Any], source: str, spatial_dims: int) -> 
             "mean": _floats(settings.get("ct_mean")) if ct else None,
             "std": _floats(settings.get("ct_std")) if ct else None,
         }
-        if ct and info["window"] is None:
-            raise ExportError(f"{source}: normalization 'ct' needs ct_window [lo, hi]")
+        if ct and settings.get("ct_percentiles") is not None:
+            info["percentiles"] = _floats(settings.get("ct_percentiles"))
+            info["statistics"] = str(settings.get("ct_statistics") or "volume")
+        elif ct and info["window"] is None:
+            raise ExportError(f"{source}: normalization 'ct' needs ct_window [lo, hi] or ct_percentiles [lo, hi]")
         return info
     fixed = mode == "fixed"
     info |= {"window": None, "mean": _floats(settings.get("mean")) if fixed else None}
