@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 import yaml
 from PIL import Image
+from test_volumes import tiny_3d_config
 
 from segpipe.cli import main
 from segpipe.data import VolumeDataModule
@@ -221,42 +222,19 @@ def nnunet_dataset(root: Path) -> dict[str, Path]:
 
 
 def tiny_predict_config(root: Path) -> dict:
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1,
-            "limit_train_batches": 2,
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": "outputs",
-            "logger": False,
-        },
-        "model": {
-            "model": "unet",
-            "spatial_dims": 3,
-            "in_channels": 1,
-            "num_classes": 3,
-            "model_kwargs": {"depth": 2, "base_channels": 4},
-            "inference_roi": [16, 16, 8],
-            "inference_batch_size": 2,
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-        },
-        "data": {
-            "class_path": "segpipe.data.VolumeDataModule",
-            "init_args": {
-                "root": str(root),
-                "val_fraction": 0.25,
-                "patch_size": [16, 16, 8],
-                "samples_per_volume": 2,
-                "batch_size": 1,
-                "num_workers": 0,
-                "spacing": [1.0, 1.0, 2.0],
-                "crop_nonzero": True,
-                "crop_margin": 1,
-            },
-        },
+    """test_volumes' tiny 3D U-Net, 2 training steps, no logger; resampled and cropped volumes."""
+    config = tiny_3d_config(root)
+    config["trainer"] |= {"max_epochs": 1, "limit_train_batches": 2, "enable_model_summary": False, "logger": False}
+    config["model"]["inference_batch_size"] = 2
+    config["data"]["init_args"] |= {
+        "test_fraction": 0.0,
+        "batch_size": 1,
+        "cache": False,
+        "spacing": [1.0, 1.0, 2.0],
+        "crop_nonzero": True,
+        "crop_margin": 1,
     }
+    return config
 
 
 @pytest.mark.slow

@@ -80,7 +80,8 @@ def write_volume_prediction(
     Args:
         output_dir: destination folder (created if missing).
         name: case name; nnU-Net inputs ``case_0000.nii.gz`` give ``case.nii.gz``.
-        probabilities: (K, *resampled_shape) class probabilities on the preprocessed grid.
+        probabilities: (K, *resampled_shape) class probabilities on the preprocessed grid (any device;
+            mapped back on the CPU).
         geometry: the item's record (``item["geometry"]``).
         save_probabilities: also write the probabilities.
 
@@ -94,12 +95,14 @@ def write_volume_prediction(
     num_classes = int(probabilities.shape[0])
     background = torch.zeros(num_classes)
     background[0] = 1.0  # outside the crop box: class 0 with certainty
-    restored = restore_geometry(probabilities, geometry, fill=background.tolist())
-    labels = restored.argmax(0).cpu().numpy().astype(label_dtype(num_classes))
+    # On the host, as nnU-Net exports: the file is written from host memory anyway, and the accelerator's
+    # memory stays free for the next case (a full-resolution (K, X, Y, Z) float volume).
+    restored = restore_geometry(probabilities.detach().float().cpu(), geometry, fill=background.tolist())
+    labels = restored.argmax(0).numpy().astype(label_dtype(num_classes))
     kind, affine, header = reference_header(geometry["source"], np.asarray(geometry["affine"]))
     outputs = [(output_dir / f"{name}.nii.gz", labels)]
     if save_probabilities:
-        channels_last = np.ascontiguousarray(restored.permute(1, 2, 3, 0).cpu().numpy(), dtype=np.float32)
+        channels_last = np.ascontiguousarray(restored.permute(1, 2, 3, 0).numpy(), dtype=np.float32)
         outputs.append((output_dir / f"{name}{PROBABILITIES_SUFFIX}.nii.gz", channels_last))
     source = Path(geometry["source"]).resolve()
     for path, _ in outputs:
