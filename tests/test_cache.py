@@ -191,7 +191,7 @@ def test_a_damaged_entry_is_detected_and_rebuilt(data: Path, damage: str):
 def test_a_cache_dir_that_cannot_be_written_is_a_data_error(data: Path, tmp_path: Path):
     (tmp_path / "a_file").write_text("")
     dm = disk_module(data, cache_dir=str(tmp_path / "a_file" / "cache"))
-    with pytest.raises(DataError, match="cannot create the cache folder .*set cache_dir"):
+    with pytest.raises(DataError, match=r"cannot create the cache folder .*set cache_dir"):
         dm.volume_cache().get(dm.cases()["train"][0], lambda: {"x": np.zeros(2)})
 
 

@@ -87,7 +87,7 @@ def test_the_network_must_fit_the_training_mode(tmp_path: Path):
     slices.check_model(spatial_dims=2, slice_axis=1)
     with pytest.raises(SegpipeError, match="spatial_dims is 3"):
         slices.check_model(spatial_dims=3)
-    with pytest.raises(SegpipeError, match="slice_axis 1 differs from model.slice_axis 2"):
+    with pytest.raises(SegpipeError, match=r"slice_axis 1 differs from model\.slice_axis 2"):
         slices.check_model(spatial_dims=2, slice_axis=2)
     with pytest.raises(SegpipeError, match="training_mode slices for a 2D network"):
         VolumeDataModule(root=str(root), patch_size=(8, 8, 8)).check_model(spatial_dims=2)
@@ -102,7 +102,8 @@ def test_unet2d_slices_config_trains_on_slices_and_scores_whole_volumes(tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     args = ["fit", "--config", str(ROOT / "configs" / "unet2d_slices.yaml"), "--trainer.max_epochs", "1"]
-    args += ["--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu"]
+    args += ["--trainer.enable_progress_bar", "false"]
     args += ["--model.model_kwargs.base_channels", "4", "--model.model_kwargs.depth", "3"]
     args += ["--data.init_args.samples_per_volume", "3", "--data.init_args.num_workers", "0"]
     args += ["--model_logging.enabled", "false", "--overlays.every_n_epochs", "0"]
