@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from monai.transforms import Compose
-from test_volumes import AFFINE, SHAPE, write_volumes
+from test_volumes import AFFINE, SHAPE, tiny_3d_config, write_volumes
 
 from segpipe.cli import main
 from segpipe.data import VolumeDataModule
@@ -121,3 +121,15 @@ def test_unet2d_slices_config_trains_on_slices_and_scores_whole_volumes(tmp_path
     cases = {row["case"] for row in csv.DictReader(report.open())}
     split = yaml.safe_load(Path("data/demo3d/split.yaml").read_text())
     assert cases == set(split["test"])  # one row set per test volume, not per slice
+
+
+@pytest.mark.slow
+def test_fit_refuses_a_2d_network_on_3d_patches_with_exit_2(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tiny_3d_config(write_volumes(tmp_path / "data", n=4))
+    config["model"]["spatial_dims"] = 2
+    (tmp_path / "mismatch.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", "mismatch.yaml"]) == 2
+    assert "model.spatial_dims 2 does not train on 3D patches" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
