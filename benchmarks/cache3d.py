@@ -170,11 +170,11 @@ def main() -> None:
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     size, patch = "x".join(map(str, shape)), "x".join(map(str, args.patch))
+    patches = f"{args.samples} patch{'es' if args.samples > 1 else ''} of {patch}"
     setup = (
         f"{args.cases} volumes of {size} voxels (.nii.gz, {megabytes:.0f} MiB; disk cache {cached:.0f} MiB of "
-        f"uncompressed .npz), 3D U-Net depth 2 base {args.base_channels}, {args.samples} patch(es) of {patch} per "
-        f"volume, 2 volumes per step, {args.accelerator}, {args.workers} DataLoader workers, {args.epochs} epochs, "
-        "no validation"
+        f"uncompressed .npz), 3D U-Net depth 2 base {args.base_channels}, {patches} per volume, 2 volumes per "
+        f"step, {args.accelerator}, {args.workers} DataLoader workers, {args.epochs} epochs, no validation"
     )
     text = text.rstrip("\n") + (
         f"\n\n{HEADING}\n\n{setup}. Command: `{command}`\n\n"
