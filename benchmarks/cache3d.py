@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from ddp_cpu import cpu_model  # benchmarks/ is the script's folder, first on sys.path
 
 from segpipe.data import VolumeDataModule
 from segpipe.data.io3d import write_label, write_volume
@@ -113,13 +113,6 @@ def run(data: Path, cache: str, cache_dir: Path, args: argparse.Namespace) -> Ep
     )
     trainer.fit(task, datamodule=datamodule)
     return timer
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
