@@ -111,8 +111,10 @@ class SegpipeCLI(LightningCLI):
         datamodule = self.datamodule
         # One process per node checks (and builds) the data; its siblings wait for it inside fit.
         if isinstance(datamodule, CHECKED_DATAMODULES) and is_local_zero(self.trainer):
-            datamodule.prepare_data()
             hparams = self.model.hparams
+            if isinstance(datamodule, VolumeDataModule):
+                datamodule.check_model(hparams.spatial_dims, hparams.get("slice_axis", 2))
+            datamodule.prepare_data()
             datamodule.validate(hparams.num_classes, hparams.in_channels, stage)
 
     def before_fit(self) -> None:

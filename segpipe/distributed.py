@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sized
 
 import lightning.pytorch as pl
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 class UnrepeatedDistributedSampler(DistributedSampler):
@@ -50,6 +50,25 @@ def evaluation_sampler(dataset: Sized, trainer: pl.Trainer | None) -> Unrepeated
     if trainer is None or trainer.world_size <= 1:
         return None
     return UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+
+
+def loader_sampling(
+    dataset: Sized, trainer: pl.Trainer | None, split: str, batch_size: int, shuffle: bool
+) -> tuple[Sampler | None, bool]:
+    """``(sampler, drop_last)`` of the DataLoader of ``split`` on one process or several.
+
+    Training (``shuffle``): :func:`training_sampler`; each rank reads about ``len / world_size``
+    cases, so a ragged last batch is dropped only when a rank has more than one batch. Val/test:
+    :func:`evaluation_sampler`. Predict: no sampler (in order).
+    """
+    world_size = trainer.world_size if trainer is not None else 1
+    if shuffle:
+        sampler: Sampler | None = training_sampler(dataset, trainer)
+    elif split in ("val", "test"):
+        sampler = evaluation_sampler(dataset, trainer)
+    else:
+        sampler = None
+    return sampler, shuffle and len(dataset) > batch_size * world_size
 
 
 def is_local_zero(trainer: pl.Trainer) -> bool:

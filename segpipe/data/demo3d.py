@@ -144,3 +144,4 @@ class MNIDemo3DDataModule(VolumeDataModule):
     def prepare_data(self) -> None:
         if not (self.root / INFO_FILE).is_file():
             build_mni_demo3d(self.root)
+        super().prepare_data()  # the disk cache, with cache: disk

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.io2d import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image, read_mask
 from segpipe.data.pairing import Case, list_files, pair_by_stem, split_cases
-from segpipe.distributed import evaluation_sampler, training_sampler
+from segpipe.distributed import loader_sampling
 from segpipe.errors import DataError
 from segpipe.transforms import Normalization, build_augmentations
 
@@ -194,13 +194,9 @@ class FolderDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        if shuffle:  # the same global batches on 1 or N processes for one seed
-            sampler = training_sampler(dataset, self.trainer)
-        elif split in ("val", "test"):  # every case once across ranks (no padding with repeated cases)
-            sampler = evaluation_sampler(dataset, self.trainer)
-        else:
-            sampler = None
+        # Training: the same global batches on 1 or N processes for one seed; val/test: every case once
+        # across ranks, no padding with repeated cases (see segpipe.distributed).
+        sampler, drop_last = loader_sampling(dataset, self.trainer, split, batch_size, shuffle)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -208,9 +204,7 @@ class FolderDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            # Each rank reads about len / world_size training cases: drop a ragged last batch only when
-            # a rank has more than one batch.
-            drop_last=shuffle and len(dataset) > batch_size * world_size,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

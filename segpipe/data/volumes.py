@@ -1,18 +1,21 @@
-"""DataModule for 3D volumes (NIfTI, NRRD/MHA/MHD, NumPy) and label volumes, trained on random patches.
+"""DataModule for 3D volumes (NIfTI, NRRD/MHA/MHD, NumPy) and label volumes, trained on random patches or slices.
 
 Layouts are found by :mod:`segpipe.data.layouts`, splits made by :mod:`segpipe.data.splits`, and every
 case is read through :mod:`segpipe.data.volume_cases` (and :mod:`segpipe.data.io3d`), so a bad file is
-reported as a :class:`DataError` naming it.
+reported as a :class:`DataError` naming it. Preprocessed volumes may be cached in memory or on disk
+(:mod:`segpipe.data.cache`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.transforms import (
     Compose,
@@ -25,20 +28,27 @@ from monai.transforms import (
     Transform,
 )
 
+from segpipe.data.cache import CachedVolumeDataset, VolumeCache
 from segpipe.data.fingerprint import foreground_intensity_statistics, median_spacing
 from segpipe.data.layouts import Layout, ResolvedLayout, VolumeCase, discover_cases, predict_cases, resolve_layout
 from segpipe.data.splits import SPLITS, read_split_file, split_names
 from segpipe.data.volume_cases import LoadCased, load_case
-from segpipe.errors import DataError
+from segpipe.distributed import loader_sampling
+from segpipe.errors import DataError, SegpipeError
 from segpipe.transforms.geometry import GEOMETRY_KEY, VolumeGeometryd, spacing_of
 from segpipe.transforms.volume_intensity import CTStatistics, VolumeNormalization, normalization_steps
 
 __all__ = ["VolumeDataModule", "VolumeNormalization", "collate_volumes"]
 
+CacheMode = Literal["none", "memory", "disk"]
+TrainingMode = Literal["patches", "slices"]
+# Splits each Lightning stage reads (prepare_data caches these); without a trainer, all of them.
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
 
 # ---- the DataModule --------------------------------------------------------------------------------
 class VolumeDataModule(pl.LightningDataModule):
-    """3D images and integer label volumes; patches for training, whole volumes for val/test/predict.
+    """3D images and integer label volumes; patches or slices for training, whole volumes for val/test/predict.
 
     Every case is first preprocessed (deterministic, :meth:`preprocessing`): read, reoriented to
     ``orientation`` (RAS), cropped to its non-zero region (``crop_nonzero``), resampled to ``spacing``
@@ -51,9 +61,14 @@ class VolumeDataModule(pl.LightningDataModule):
     "name": str}``; a training batch therefore holds ``batch_size * samples_per_volume`` patches. A
     ``foreground_fraction`` share of patches is centred on a foreground voxel (label > 0), the rest on
     background (MONAI ``RandCropByPosNegLabeld``); volumes smaller than the patch are zero-padded first.
+    With ``training_mode: slices`` (for a 2D network, ``model.spatial_dims: 2``) the patches are 2D:
+    ``patch_size`` is the in-plane size of a window one slice thick along ``slice_axis``, so items are
+    ``{"image": (C, H, W), "mask": (H, W)}`` and foreground oversampling picks slices with foreground.
     Val/test/predict items are whole preprocessed volumes ``{"image": (C, X, Y, Z), "mask": (X, Y, Z),
-    "name", "geometry"}``, batch size 1, for the task's sliding-window inference (``model.inference_roi``);
-    their batches hold ``geometry`` as a list of records and ``spacing`` (B, 3) in mm.
+    "name", "geometry"}``, batch size 1, for the task's sliding-window inference (``model.inference_roi``),
+    or slice by slice for a 2D network; metrics and per-case reports are therefore per volume. Their
+    batches hold ``geometry`` as a list of records and ``spacing`` (B, 3) in mm. Splits are made per
+    case, so the slices of one volume are all in one split.
 
     Args:
         root: dataset folder.
@@ -66,7 +81,8 @@ class VolumeDataModule(pl.LightningDataModule):
         num_folds: number of cross-validation folds.
         split_file: YAML ``{train: [...], val: [...], test: [...]}`` of case names, relative to ``root``;
             when set it replaces the seeded split (unlisted cases are not used).
-        patch_size: training patch (X, Y, Z) in voxels.
+        patch_size: training patch (X, Y, Z) in voxels; with ``training_mode: slices`` the in-plane size
+            (the two axes other than ``slice_axis``, in order).
         samples_per_volume: patches cropped from each volume each time it is read.
         foreground_fraction: share of patches centred on foreground (0.33 as in nnU-Net).
         batch_size: volumes per training batch (each contributes ``samples_per_volume`` patches).
@@ -91,15 +107,26 @@ class VolumeDataModule(pl.LightningDataModule):
             cases: nnU-Net's CT scheme).
         ct_mean: dataset mean after clipping, for ``normalization: ct`` (wins over ``ct_statistics``).
         ct_std: dataset standard deviation after clipping, for ``normalization: ct``.
-        cache: keep decoded, preprocessed volumes in memory (MONAI ``CacheDataset``); only the random
-            patch cropping runs per epoch.
+        cache: where preprocessed volumes (the output of :meth:`preprocessing`) are kept so that only the
+            random sampling runs per epoch: ``none``; ``memory`` (MONAI ``CacheDataset``, filled at setup,
+            one copy per process; ``true`` means this); ``disk`` (:mod:`segpipe.data.cache`: one file
+            per case in ``cache_dir``, built once in :meth:`prepare_data`, reused across epochs and
+            runs, rebuilt when a source file or the preprocessing settings change; safe with several
+            workers and DDP processes). Val/test volumes are cached too; predict inputs are not.
+        cache_dir: folder of the disk cache (default ``<root>/.segpipe_cache``; set it when the dataset
+            folder is read-only). Several datasets and settings may share one.
+        training_mode: ``patches`` (3D network) or ``slices`` (2D network on slices of the volumes).
+        slice_axis: volume axis (0, 1 or 2: X, Y or Z) that slices are taken along with
+            ``training_mode: slices``; 2 (z: axial slices of RAS volumes) by default. It must equal the
+            task's ``slice_axis``, which scores val/test volumes slice by slice.
         predict_dir: folder of volumes for ``segpipe predict`` (default for nnU-Net: ``imagesTs/``).
 
     Raises:
-        ValueError: for a patch size that is not 3 positive values, ``samples_per_volume < 1``,
-            ``foreground_fraction`` outside [0, 1], ``num_folds < 2``, ``fold`` outside
-            0..num_folds-1, bad axis codes, spacings or interpolation order, a negative margin, or ``ct``
-            normalisation without one valid window or percentile pair or with ``ct_std <= 0``.
+        ValueError: for a patch size that is not 3 positive values (2 with ``training_mode: slices``),
+            ``samples_per_volume < 1``, ``foreground_fraction`` outside [0, 1], ``num_folds < 2``,
+            ``fold`` outside 0..num_folds-1, ``slice_axis`` outside 0..2, or ``ct`` normalisation
+            without one valid window or percentile pair or with ``ct_std <= 0``, bad axis codes, spacings
+            or interpolation order, or a negative margin.
     """
 
     def __init__(
@@ -112,7 +139,7 @@ class VolumeDataModule(pl.LightningDataModule):
         fold: int | None = None,
         num_folds: int = 5,
         split_file: str | None = None,
-        patch_size: tuple[int, int, int] = (64, 64, 64),
+        patch_size: Sequence[int] = (64, 64, 64),
         samples_per_volume: int = 4,
         foreground_fraction: float = 0.33,
         batch_size: int = 2,
@@ -129,12 +156,23 @@ class VolumeDataModule(pl.LightningDataModule):
         ct_statistics: CTStatistics = "volume",
         ct_mean: float | None = None,
         ct_std: float | None = None,
-        cache: bool = False,
+        cache: CacheMode | bool = "none",
+        cache_dir: str | None = None,
+        training_mode: TrainingMode = "patches",
+        slice_axis: int = 2,
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if len(patch_size) != 3 or min(patch_size) < 1:
-            raise ValueError(f"patch_size must be 3 positive sizes (X, Y, Z), got {list(patch_size)}")
+        if training_mode not in ("patches", "slices"):
+            raise ValueError(f"training_mode must be 'patches' or 'slices', got {training_mode!r}")
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2 (X, Y or Z), got {slice_axis}")
+        dims = 2 if training_mode == "slices" else 3
+        if len(patch_size) != dims or min(patch_size) < 1:
+            shape = "in-plane (H, W) for training_mode 'slices'" if dims == 2 else "(X, Y, Z)"
+            raise ValueError(f"patch_size must be {dims} positive sizes {shape}, got {list(patch_size)}")
+        if cache not in (True, False, "none", "memory", "disk"):
+            raise ValueError(f"cache must be 'none', 'memory' or 'disk', got {cache!r}")
         if samples_per_volume < 1:
             raise ValueError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
         if not 0.0 <= foreground_fraction <= 1.0:
@@ -178,10 +216,14 @@ class VolumeDataModule(pl.LightningDataModule):
         self.ct_statistics = ct_statistics
         self.ct_mean = ct_mean
         self.ct_std = ct_std
-        self.cache = cache
+        self.cache: CacheMode = {True: "memory", False: "none"}.get(cache, cache)  # type: ignore[arg-type]
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".segpipe_cache"
+        self.training_mode = training_mode
+        self.slice_axis = slice_axis
         self.predict_dir = predict_dir
         self.datasets: dict[str, Dataset] = {}
         self._statistics: dict[str, Any] | None = None
+        self._volume_cache: VolumeCache | None = None
 
     # ---- discovery ---------------------------------------------------------------------------------
     def resolved_layout(self) -> ResolvedLayout:
@@ -364,15 +406,27 @@ class VolumeDataModule(pl.LightningDataModule):
         }
 
     def sampling(self) -> list[Transform]:
-        """The random training steps after preprocessing: pad to the patch and crop patches."""
-        return [
-            SpatialPadd(["image", "mask"], spatial_size=self.patch_size),
+        """The random training steps after preprocessing: pad to the patch and crop patches (or slices).
+
+        For slices the window is the in-plane ``patch_size`` and one voxel along ``slice_axis`` (padding
+        only in-plane), and that axis is squeezed away after the crop.
+        """
+        window, pad = list(self.patch_size), list(self.patch_size)
+        slices = self.training_mode == "slices"
+        if slices:
+            window.insert(self.slice_axis, 1)
+            pad.insert(self.slice_axis, -1)  # non-positive: keep the volume's size along that axis
+        steps: list[Transform] = [
+            SpatialPadd(["image", "mask"], spatial_size=pad),
+            # Padding returns a MetaTensor; foreground/background indices of a NumPy mask are found several
+            # times faster (np.nonzero vs torch.nonzero through MetaTensor dispatch), once per volume read.
+            EnsureTyped("mask", data_type="numpy", track_meta=False),
             FgBgToIndicesd("mask"),
             # The first random step: CacheDataset caches everything before it.
             RandCropByPosNegLabeld(
                 ["image", "mask"],
                 label_key="mask",
-                spatial_size=self.patch_size,
+                spatial_size=window,
                 pos=self.foreground_fraction,
                 neg=1.0 - self.foreground_fraction,
                 num_samples=self.samples_per_volume,
@@ -380,43 +434,104 @@ class VolumeDataModule(pl.LightningDataModule):
                 bg_indices_key="mask_bg_indices",
             ),
         ]
+        if slices:  # (C, ..., 1, ...) -> (C, H, W); the mask keeps its channel axis until to_tensors
+            steps.append(SqueezeDimd(["image", "mask"], dim=self.slice_axis + 1))
+        return steps
 
-    def transforms(self, train: bool) -> Compose:
-        """The MONAI pipeline: :meth:`preprocessing`, then for training :meth:`sampling`, then tensors."""
+    def after_preprocessing(self, train: bool) -> Compose:
+        """What runs on a preprocessed (possibly cached) item: for training :meth:`sampling`, then tensors."""
         to_tensors: list[Transform] = [
             SqueezeDimd("mask", dim=0, allow_missing_keys=True),
             EnsureTyped("image", dtype=torch.float32, track_meta=False),
             EnsureTyped("mask", dtype=torch.int64, track_meta=False, allow_missing_keys=True),
         ]
         # Training patches do not need the geometry record (it is for mapping predictions back).
-        steps = self.preprocessing() + ([DeleteItemsd(GEOMETRY_KEY), *self.sampling()] if train else [])
+        steps = [DeleteItemsd(GEOMETRY_KEY), *self.sampling()] if train else []
         return Compose([*steps, *to_tensors])
 
-    def _dataset(self, cases: list[VolumeCase], train: bool) -> Dataset:
+    def transforms(self, train: bool) -> Compose:
+        """The MONAI pipeline: :meth:`preprocessing`, then :meth:`after_preprocessing`."""
+        return Compose([*self.preprocessing(), *self.after_preprocessing(train).transforms])
+
+    def volume_cache(self) -> VolumeCache:
+        """The disk cache of this dataset's preprocessed volumes (see :mod:`segpipe.data.cache`)."""
+        if self._volume_cache is None:
+            self._volume_cache = VolumeCache(self.cache_dir, self.preprocessing_signature())
+        return self._volume_cache
+
+    def _dataset(self, cases: list[VolumeCase], split: str) -> Dataset:
+        train = split == "train"
         data = [{"case": case} for case in cases]
-        if self.cache:
+        if self.cache == "memory":
             return CacheDataset(data, self.transforms(train), num_workers=max(1, self.num_workers), progress=False)
+        if self.cache == "disk" and split != "predict":
+            preprocess = Compose(self.preprocessing())
+            return CachedVolumeDataset(cases, self.volume_cache(), preprocess, self.after_preprocessing(train))
         return Dataset(data, self.transforms(train))
 
+    def check_model(self, spatial_dims: int, slice_axis: int = 2) -> None:
+        """Refuse a network that does not fit the training mode (3D for patches, 2D for slices).
+
+        Raises:
+            SegpipeError: naming the settings to change.
+        """
+        if self.training_mode == "patches" and spatial_dims != 3:
+            raise SegpipeError(
+                f"model.spatial_dims {spatial_dims} does not train on 3D patches: set model.spatial_dims 3, "
+                "or data.init_args.training_mode slices for a 2D network"
+            )
+        if self.training_mode == "slices" and spatial_dims != 2:
+            raise SegpipeError(f"training_mode 'slices' trains a 2D network, but model.spatial_dims is {spatial_dims}")
+        if self.training_mode == "slices" and slice_axis != self.slice_axis:
+            raise SegpipeError(
+                f"data slice_axis {self.slice_axis} differs from model.slice_axis {slice_axis}: "
+                "val/test volumes would be scored on other slices than the training ones"
+            )
+
     # ---- Lightning hooks ---------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """With ``cache: disk``, write the missing or stale cache entries of the splits the stage reads.
+
+        Lightning calls this on one process per node (local rank 0) while the others wait, so the
+        cache is built once; the DataLoader workers then only read it. Cases that cannot be read are
+        left out (the data check reports them all, and reading them later raises the same error).
+        """
+        if self.cache != "disk":
+            return
+        try:
+            splits = self._split(self._discover()[0])
+        except DataError:
+            return  # reported by the data check, or by setup
+        state = getattr(self.trainer, "state", None)
+        stage = getattr(getattr(state, "fn", None), "value", None)
+        cases = [case for split in STAGE_SPLITS.get(stage, SPLITS) for case in splits[split]]
+        cache = self.volume_cache()
+        missing = sum(not cache.is_fresh(case) for case in cases)
+        if missing:
+            rank_zero_info(f"segpipe: caching {missing} of {len(cases)} preprocessed volumes in {cache.folder}")
+            preprocess = Compose(self.preprocessing())
+            cache.build(cases, lambda case: preprocess({"case": case}), threads=max(1, self.num_workers))
+
     def setup(self, stage: str) -> None:
         if stage == "predict":
-            self.datasets["predict"] = self._dataset(self.predict_cases(), train=False)
+            self.datasets["predict"] = self._dataset(self.predict_cases(), "predict")
             return
         splits = self.cases()
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SPLITS)
-        for split in needed:
-            self.datasets[split] = self._dataset(splits[split], train=split == "train")
+        for split in STAGE_SPLITS.get(stage, SPLITS):
+            self.datasets[split] = self._dataset(splits[split], split)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        # Training: the same global batches on 1 or N processes for one seed; val/test: every case once
+        # across ranks (see segpipe.distributed).
+        sampler, drop_last = loader_sampling(self.datasets[split], self.trainer, split, batch_size, shuffle)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            drop_last=drop_last,
             collate_fn=list_data_collate if shuffle else collate_volumes,
         )
 

@@ -46,10 +46,13 @@ class SegmentationTask(pl.LightningModule):
         inference_roi: window size for sliding-window inference at val/test/predict (volumes and large
             images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
         inference_overlap: overlap between neighbouring windows.
-        inference_batch_size: windows per forward pass.
+        inference_batch_size: windows per forward pass (for a 2D network on volumes: slices per pass).
         tta: flip test-time augmentation at ``segpipe predict``: class probabilities averaged over the
             input mirrored along every subset of these spatial axes (0-based; ``true``: all axes, 8
             passes in 3D), each flipped back; ``false``: one pass. Validation and test run without it.
+        slice_axis: for a 2D network given volumes (B, C, X, Y, Z) at val/test/predict: the axis (0, 1, 2)
+            they are cut along and scored slice by slice (``training_mode: slices`` of the
+            :class:`~segpipe.data.VolumeDataModule`, whose ``slice_axis`` it must equal).
         encoder_lr: learning rate of the network's pretrained ``encoder`` (encoder_unet, encoder_fcn), the
             rest keeping the optimiser's; ``None``: one learning rate for all.
 
@@ -78,6 +81,7 @@ class SegmentationTask(pl.LightningModule):
         inference_batch_size: int = 4,
         tta: bool | list[int] = False,
         encoder_lr: float | None = None,
+        slice_axis: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -100,6 +104,8 @@ class SegmentationTask(pl.LightningModule):
 
     def infer(self, image: torch.Tensor) -> torch.Tensor:
         """Logits for whole inputs: one forward pass, or gaussian-blended sliding windows."""
+        if self.hparams.spatial_dims == 2 and image.ndim == 5:
+            return self.infer_slices(image)
         roi = self.hparams.inference_roi
         if roi is None:
             return self(image)
@@ -115,6 +121,17 @@ class SegmentationTask(pl.LightningModule):
     def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K, *spatial): softmax of :meth:`infer`, averaged over the ``tta`` flips."""
         return flip_averaged(lambda x: self.infer(x).softmax(1), image, self.tta_axes)
+
+    def infer_slices(self, volume: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, X, Y, Z) of a 2D network over volumes (B, C, X, Y, Z), slice by slice along
+        ``slice_axis``: each slice goes through :meth:`infer`, ``inference_batch_size`` slices at a time.
+        """
+        axis = 2 + self.hparams.slice_axis
+        slices = volume.movedim(axis, 1)  # (B, S, C, H, W)
+        batch, count = slices.shape[:2]
+        flat = slices.reshape(batch * count, *slices.shape[2:])
+        logits = torch.cat([self.infer(part) for part in flat.split(self.hparams.inference_batch_size)])
+        return logits.reshape(batch, count, *logits.shape[1:]).movedim(1, axis)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])

@@ -190,6 +190,13 @@ def mlflow_logger(trainer: pl.Trainer) -> MLflowLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, MLflowLogger)), None)
 
 
+def run_folder(trainer: pl.Trainer) -> Path:
+    """The run's local output folder: the checkpoints' parent (``outputs/<experiment>/<run>``), else
+    the trainer's ``default_root_dir``."""
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return Path(dirpath).parent if dirpath else Path(trainer.default_root_dir)
+
+
 def scratch_dir() -> tempfile.TemporaryDirectory:
     """A temporary folder for files that only go to the run."""
     return tempfile.TemporaryDirectory(prefix="segpipe-")

@@ -1,4 +1,4 @@
-"""Run metadata: git commit, package versions, hardware, data fingerprint and model size."""
+"""Run metadata: git commit, package versions, hardware, data fingerprint, model size and the data splits."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 
 from segpipe.summary import summarize
-from segpipe.tracking.logger import mlflow_logger
+from segpipe.tracking.logger import mlflow_logger, run_folder
 
+SPLITS_FILE = "splits.yaml"
+# DataModule attributes that decide its split, recorded beside the case names.
+SPLIT_SETTINGS = ("split_seed", "val_fraction", "test_fraction", "split_file")
 PACKAGES = ("segpipe", "torch", "lightning", "monai", "mlflow", "numpy", "albumentations", "torchmetrics")
 
 
@@ -101,6 +105,24 @@ def model_size(net: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
     }
 
 
+def split_record(datamodule: Any, splits: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
+    """The split as data: dataset root and layout, seed, fractions, fold (and number of folds, when
+    cross-validating) or split file, then the sorted case names of each split."""
+    record: dict[str, Any] = {}
+    if hasattr(datamodule, "root"):
+        record["root"] = str(datamodule.root)
+    if hasattr(datamodule, "resolved_layout"):
+        record["layout"] = str(datamodule.resolved_layout())
+    for key in SPLIT_SETTINGS:
+        if hasattr(datamodule, key):
+            record[key] = getattr(datamodule, key)
+    if getattr(datamodule, "fold", None) is not None:
+        record["fold"], record["num_folds"] = datamodule.fold, datamodule.num_folds
+    for split, cases in splits.items():
+        record[split] = sorted(str(getattr(case, "name", case)) for case in cases)
+    return record
+
+
 def sample_shape(datamodule: Any) -> tuple[int, ...] | None:
     """(1, C, *spatial) of the first validation item, if the DataModule exposes its datasets."""
     datasets = getattr(datamodule, "datasets", {})
@@ -110,9 +132,19 @@ def sample_shape(datamodule: Any) -> tuple[int, ...] | None:
     return (1, *torch.as_tensor(dataset[0]["image"]).shape)
 
 
+def as_network_input(example: torch.Tensor, hparams: Mapping[str, Any]) -> torch.Tensor:
+    """A (1, C, *spatial) item as the task's network takes it: for a 2D network given a volume
+    (1, C, X, Y, Z), which it scores slice by slice, the volume's middle slice along ``slice_axis``."""
+    if example.ndim == 5 and hparams.get("spatial_dims") == 2:
+        axis = 2 + hparams.get("slice_axis", 2)
+        return example.select(axis, example.shape[axis] // 2)
+    return example
+
+
 class RunMetadata(Callback):
     """At the start of fit, record in the run: params ``data.*`` and ``model.*``, tags ``git.*``,
-    ``version.*`` and ``hardware.*``, and all of it as ``run/metadata.json``.
+    ``version.*`` and ``hardware.*``, and all of it as ``run/metadata.json``; and the data split
+    (:func:`split_record`) as ``splits.yaml`` in the run's output folder and as ``run/splits.yaml``.
 
     Args:
         enabled: record the metadata.
@@ -122,14 +154,24 @@ class RunMetadata(Callback):
         self.enabled = enabled
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if not self.enabled or logger is None or not trainer.is_global_zero:
+        if not self.enabled or not trainer.is_global_zero:
             return
+        logger = mlflow_logger(trainer)
         params: dict[str, str] = {}
         datamodule = trainer.datamodule
         if hasattr(datamodule, "cases"):
-            params.update(data_fingerprint(datamodule.cases()))
+            splits = datamodule.cases()
+            path = run_folder(trainer) / SPLITS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(split_record(datamodule, splits), sort_keys=False))
+            if logger is not None:
+                logger.log_artifact(path, "run")
+            params.update(data_fingerprint(splits))
+        if logger is None:
+            return
         shape = sample_shape(datamodule)
+        if shape is not None:
+            shape = tuple(as_network_input(torch.empty(shape, device="meta"), pl_module.hparams).shape)
         net = getattr(pl_module, "net", pl_module)
         if shape is not None:
             params.update(model_size(net, shape))

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from mlflow.models import ModelSignature, infer_signature
 
 from segpipe.tracking.logger import MLflowLogger, mlflow_logger
-from segpipe.tracking.metadata import sample_shape
+from segpipe.tracking.metadata import as_network_input, sample_shape
 
 
 class LogBestModel(Callback):
@@ -47,6 +47,7 @@ class LogBestModel(Callback):
         example = torch.zeros(shape)
         if not roi:
             example = torch.as_tensor(trainer.datamodule.datasets["val"][0]["image"])[None].float()
+            example = as_network_input(example, pl_module.hparams)
         with torch.no_grad():
             output = net(example)
         signature = infer_signature(example.numpy(), output.numpy())

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from segpipe.tracking.figures import box_plot_figure
-from segpipe.tracking.logger import mlflow_logger
+from segpipe.tracking.logger import mlflow_logger, run_folder
 from segpipe.tracking.reports import (
     CASE_COLUMNS,
     SUMMARY_COLUMNS,
@@ -84,11 +84,7 @@ class TestReport(Callback):
             self.report(trainer)
 
     def folder(self, trainer: pl.Trainer) -> Path:
-        if self.output_dir is not None:
-            return Path(self.output_dir)
-        checkpoint = trainer.checkpoint_callback
-        dirpath = getattr(checkpoint, "dirpath", None)
-        return Path(dirpath).parent / "test_report" if dirpath else Path(trainer.default_root_dir) / "test_report"
+        return Path(self.output_dir) if self.output_dir is not None else run_folder(trainer) / "test_report"
 
     @rank_zero_only
     def report(self, trainer: pl.Trainer) -> None:
