@@ -14,13 +14,19 @@ import mlflow
 import pytest
 import yaml
 from conftest import write_classes, write_dataset
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
 from torch.utils.data import DistributedSampler
 
 from segpipe.cli import main
 from segpipe.data import FolderDataModule
 from segpipe.data.classification import ClassificationFolderDataModule
-from segpipe.distributed import UnrepeatedDistributedSampler, evaluation_sampler, training_sampler
+from segpipe.distributed import (
+    UnrepeatedDistributedSampler,
+    evaluation_sampler,
+    is_local_zero,
+    training_sampler,
+)
 
 VAL_CASES = 5  # odd: a padding sampler would count one case twice on 2 processes
 TEST_CASES = 3
@@ -63,6 +69,21 @@ def test_classification_loaders_use_the_ddp_samplers(tmp_path: Path, monkeypatch
     assert list(train.sampler) == list(training_sampler(datamodule.datasets["train"], trainer))
     for loader in (val, train):
         assert not trainer._data_connector._requires_distributed_sampler(loader)  # Lightning keeps it
+
+
+def test_slurm_variables_of_the_sbatch_example_give_lightning_its_ranks(monkeypatch: pytest.MonkeyPatch):
+    # What srun sets for task 5 of docs/cluster.md's job (2 nodes x 4 tasks); Lightning reads it itself.
+    slurm = {"NTASKS": "8", "NTASKS_PER_NODE": "4", "NNODES": "2", "PROCID": "5", "LOCALID": "1", "NODEID": "1"}
+    slurm |= {"JOB_ID": "42", "JOB_NAME": "segpipe", "NODELIST": "gpu[07-08]"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(f"SLURM_{key}", value)
+    trainer = Trainer(accelerator="cpu", devices=4, num_nodes=2, strategy="ddp", logger=False)
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.main_address == "gpu07"
+    assert (trainer.world_size, trainer.global_rank, trainer.node_rank, trainer.local_rank) == (8, 5, 1, 1)
+    assert not is_local_zero(trainer)  # only local rank 0 of each node prepares the data
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    assert is_local_zero(trainer)
 
 
 def test_two_ranks_training_batches_together_are_the_one_process_batches(monkeypatch: pytest.MonkeyPatch):
