@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -32,6 +34,7 @@ from segpipe.tracking import (
     ValidationOverlays,
     resumable_run_id,
 )
+from segpipe.tracking.config import default_run_name
 from segpipe.tracking.logger import effective_tracking_uri
 
 DESCRIPTION = """\
@@ -84,17 +87,19 @@ class SegpipeCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        # Resume into the MLflow run stored in the checkpoint (fit continues it, test reports into it).
+        # Name the MLflow run after its network unless the config names it; resume into the run stored in
+        # the checkpoint (fit continues it, test reports into it).
         if self.subcommand not in ("fit", "test"):
             return
         config = self.config[self.subcommand]
         ckpt_path, logger = config.get("ckpt_path"), config.trainer.get("logger")
         init_args = getattr(logger, "init_args", None)
-        if not ckpt_path or not Path(ckpt_path).is_file() or init_args is None or init_args.get("run_id"):
+        if init_args is None or not _is_mlflow_logger(str(logger.class_path)):
             return
-        module, _, name = str(logger.class_path).rpartition(".")
-        logger_class = getattr(importlib.import_module(module), name, None) if module else None
-        if not (isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger)):
+        if init_args.get("run_name") is None:
+            model = config.model
+            init_args.run_name = default_run_name(model.model, model.spatial_dims, model.get("model_kwargs"))
+        if not ckpt_path or not Path(ckpt_path).is_file() or init_args.get("run_id"):
             return
         run_id = resumable_run_id(ckpt_path, effective_tracking_uri(init_args.tracking_uri))
         if run_id is not None:
@@ -104,7 +109,12 @@ class SegpipeCLI(LightningCLI):
         # Prediction logs nothing: do not open an empty MLflow run for it.
         if self.subcommand == "predict":
             kwargs["logger"] = False
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:
+            # Lightning's refusals of accelerators, devices and precisions are configuration errors.
+            visible = f"{torch.cuda.device_count()} CUDA GPU(s) visible"
+            raise SegpipeError(f"trainer: {err} ({visible}; --trainer.accelerator cpu runs without one)") from None
 
     # ---- checks before anything is written -----------------------------------------------------
     def _check_data(self, stage: str) -> None:
@@ -144,6 +154,12 @@ class SegpipeCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
         self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
+
+
+def _is_mlflow_logger(class_path: str) -> bool:
+    module, _, name = class_path.rpartition(".")
+    logger_class = getattr(importlib.import_module(module), name, None) if module else None
+    return isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger)
 
 
 def run_cli(args: list[str] | None = None) -> SegpipeCLI:

@@ -41,6 +41,17 @@ def write_dataset(root: Path, n: int, height: int = 37, width: int = 33, seed: i
     return root
 
 
+def write_classes(root: Path, per_class: int = 6, size: tuple[int, int] = (33, 37)) -> Path:
+    """Two classes: dark and bright noisy images."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("dark", "bright")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = np.clip(rng.normal(60 + 120 * label, 15, size), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / name / f"img_{i}.png")
+    return root
+
+
 @pytest.fixture
 def flat_dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "data", n=12)

@@ -6,11 +6,10 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from conftest import write_classes
 
 from segpipe.cli import main
 from segpipe.data.classification import ClassificationFolderDataModule, stratified_split
@@ -18,17 +17,6 @@ from segpipe.data.demo import slab_splits
 from segpipe.data.demo_classification import slab_classes
 from segpipe.data.pairing import Case
 from segpipe.models import build_model
-
-
-def write_classes(root: Path, per_class: int = 6, size: tuple[int, int] = (33, 37)) -> Path:
-    """Two classes: dark and bright noisy images."""
-    rng = np.random.default_rng(0)
-    for label, name in enumerate(("dark", "bright")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            image = np.clip(rng.normal(60 + 120 * label, 15, size), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(root / name / f"img_{i}.png")
-    return root
 
 
 def test_stratified_split_keeps_every_class_in_every_split():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
@@ -12,15 +13,24 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import yaml
-from conftest import write_dataset
+from conftest import write_classes, write_dataset
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
 from torch.utils.data import DistributedSampler
 
 from segpipe.cli import main
 from segpipe.data import FolderDataModule
-from segpipe.distributed import UnrepeatedDistributedSampler, evaluation_sampler, training_sampler
+from segpipe.data.classification import ClassificationFolderDataModule
+from segpipe.distributed import (
+    UnrepeatedDistributedSampler,
+    evaluation_sampler,
+    is_local_zero,
+    training_sampler,
+)
 
 VAL_CASES = 5  # odd: a padding sampler would count one case twice on 2 processes
+TEST_CASES = 3
 
 
 @pytest.mark.parametrize("size,world", [(5, 2), (7, 3), (1, 2), (6, 2)])
@@ -45,6 +55,40 @@ def test_folder_val_and_test_loaders_shard_without_repeats(split_dataset: Path):
     assert evaluation_sampler(datamodule.datasets["val"], Trainer(accelerator="cpu", logger=False)) is None
 
 
+def test_classification_loaders_use_the_ddp_samplers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not launched: rank 0
+    root = write_classes(tmp_path / "classes", per_class=5)
+    datamodule = ClassificationFolderDataModule(root=str(root), val_fraction=0.4, batch_size=2, num_workers=0)
+    datamodule.trainer = trainer
+    datamodule.setup("fit")
+    val = datamodule.val_dataloader()  # 2 images per class: 4
+    assert isinstance(val.sampler, UnrepeatedDistributedSampler) and list(val.sampler) == [0, 2]
+    train = datamodule.train_dataloader()  # 6 images: 3 per rank, batches of 2, the ragged one dropped
+    assert type(train.sampler) is DistributedSampler and train.drop_last
+    assert (train.sampler.num_replicas, train.sampler.rank, train.sampler.seed) == (2, 0, 5)
+    assert list(train.sampler) == list(training_sampler(datamodule.datasets["train"], trainer))
+    for loader in (val, train):
+        assert not trainer._data_connector._requires_distributed_sampler(loader)  # Lightning keeps it
+
+
+def test_slurm_variables_of_the_sbatch_example_give_lightning_its_ranks(monkeypatch: pytest.MonkeyPatch):
+    # What srun sets for task 5 of docs/cluster.md's job (2 nodes x 4 tasks); Lightning reads it itself.
+    slurm = {"NTASKS": "8", "NTASKS_PER_NODE": "4", "NNODES": "2", "PROCID": "5", "LOCALID": "1", "NODEID": "1"}
+    slurm |= {"JOB_ID": "42", "JOB_NAME": "segpipe", "NODELIST": "gpu[07-08]"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(f"SLURM_{key}", value)
+    # The Trainer sets the process-wide rank of rank_zero_only (to 5): restore it, or later tests warn nothing.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
+    trainer = Trainer(accelerator="cpu", devices=4, num_nodes=2, strategy="ddp", logger=False)
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.main_address == "gpu07"
+    assert (trainer.world_size, trainer.global_rank, trainer.node_rank, trainer.local_rank) == (8, 5, 1, 1)
+    assert not is_local_zero(trainer)  # only local rank 0 of each node prepares the data
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    assert is_local_zero(trainer)
+
+
 def test_two_ranks_training_batches_together_are_the_one_process_batches(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     dataset = list(range(8))
@@ -59,6 +103,7 @@ COUNTING_MODULE = """
 import os
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from segpipe.data import FolderDataModule
+from segpipe.data.classification import ClassificationFolderDataModule
 
 class CountingFolderDataModule(FolderDataModule):
     def prepare_data(self):
@@ -118,6 +163,13 @@ def runs(workdir: Path, experiment: str) -> list:
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
+def report_rows(run) -> list[dict[str, str]]:
+    """The rows of the run's ``reports/test_cases.csv``."""
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reports/test_cases.csv")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def val_metrics(run) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if k.startswith("val/")}
 
@@ -127,6 +179,7 @@ def test_two_process_fit_then_validate_matches_one_process(tmp_path: Path, monke
     data = tmp_path / "data"
     write_dataset(data / "train", n=8, seed=1)
     write_dataset(data / "val", n=VAL_CASES, seed=2)
+    write_dataset(data / "test", n=TEST_CASES, seed=3)  # fit then tests the best checkpoint on 2 processes
     config = ddp_config(data, "fit2")
     config["data"]["class_path"] = "counting.CountingFolderDataModule"
     (tmp_path / "counting.py").write_text(COUNTING_MODULE)
@@ -143,8 +196,10 @@ def test_two_process_fit_then_validate_matches_one_process(tmp_path: Path, monke
     assert fit_run.info.status == "FINISHED"
     assert fit_run.data.params["scale.effective_batch_size"] == "4"
     assert len(mlflow.MlflowClient().get_metric_history(fit_run.info.run_id, "val/dice")) == 2
-    # The data were checked and prepared by rank 0 only: the CLI's check, then Lightning's hook.
-    assert (tmp_path / "prepare.log").read_text().split() == ["0", "0"]
+    # The data were checked and prepared by rank 0 only: the CLI's check, then Lightning's hook (fit, test).
+    assert (tmp_path / "prepare.log").read_text().split() == ["0", "0", "0"]
+    fit_cases = report_rows(fit_run)
+    assert [row["case"] for row in fit_cases] == [f"case_{i:02d}" for i in range(TEST_CASES) for _ in range(2)]
     (last,) = (tmp_path / "outputs").rglob("last.ckpt")
 
     # validate the last checkpoint on 2 "nodes" of 1 process each, as torchrun starts them on a cluster
@@ -185,6 +240,11 @@ def test_two_process_fit_then_validate_matches_one_process(tmp_path: Path, monke
     (fit1,) = runs(tmp_path, "fit1")
     for key in val_metrics(fit1).keys() - {"val/loss"}:
         assert val_metrics(fit_run)[key] == pytest.approx(val_metrics(fit1)[key], rel=1e-5, abs=1e-6), key
+    # The per-case test report of 2 processes holds every test case once, as that of 1 process does.
+    one_cases = report_rows(fit1)
+    assert [(r["case"], r["class"]) for r in fit_cases] == [(r["case"], r["class"]) for r in one_cases]
+    for two_row, one_row in zip(fit_cases, one_cases, strict=True):
+        assert float(two_row["dice"]) == pytest.approx(float(one_row["dice"]), rel=1e-5, abs=1e-6)
 
     one, two = val_metrics(run1), val_metrics(run2)
     assert {"val/dice", "val/loss", "val/dice_class1", "val/iou_class2"} <= set(one)

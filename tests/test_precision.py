@@ -14,7 +14,7 @@ from test_ddp import ddp_config
 from torch import nn
 
 from segpipe.callbacks import PerformanceFlags, scaling_statement
-from segpipe.cli import run_cli
+from segpipe.cli import main, run_cli
 from segpipe.errors import SegpipeError
 from segpipe.tasks import SegmentationTask
 
@@ -49,8 +49,10 @@ def test_16_mixed_on_cpu_falls_back_to_bf16_with_a_warning(tiny_yaml: Path):
     assert cli.trainer.precision == "bf16-mixed" and cli.trainer.state.finished
 
 
-def test_channels_last_converts_weights_and_batches(tiny_yaml: Path):
+def test_channels_last_converts_weights_and_batches(tiny_yaml: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored afterwards
     cli = fit(tiny_yaml, "--performance.channels_last", "true", "--trainer.benchmark", "true")
+    assert torch.backends.cudnn.benchmark is True  # trainer.benchmark sets cuDNN autotuning (a no-op on CPU)
     conv = next(m for m in cli.model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
@@ -73,6 +75,14 @@ def test_sync_batchnorm_on_cpu_is_refused_with_one_line():
         PerformanceFlags().on_fit_start(trainer, task)
     assert "\n" not in str(err.value)
     PerformanceFlags().on_fit_start(Trainer(accelerator="cpu", logger=False), task)  # 1 process: plain BN
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu_is_refused_with_one_line(tiny_yaml: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["fit", "--config", str(tiny_yaml), "--trainer.accelerator", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segpipe: error: trainer: No supported gpu backend found! (0 CUDA GPU(s) visible;")
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_scaling_statement_names_every_factor_and_does_not_rescale():

@@ -49,6 +49,8 @@ def test_fit_records_metadata_figures_test_report_and_a_loadable_model(workdir: 
     assert main(["fit", "--config", str(config)]) == 0
     run = only_run(workdir)
     params, tags = run.data.params, run.data.tags
+    assert run.info.run_name == "unet"  # named after the network when the config gives no run_name
+    assert params["model"] == "unet" and "_instantiator" not in params  # LightningCLI's private entries left out
     assert len(params["data.fingerprint"]) == 16
     assert (params["data.n_train"], params["data.n_val"], params["data.n_test"]) == ("6", "3", "3")
     assert int(params["model.params"]) > 0 and params["model.summary_input"] == "1x1x37x33"

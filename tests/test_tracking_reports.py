@@ -12,10 +12,12 @@ import torch
 
 from segpipe.data.pairing import Case
 from segpipe.models import build_model
+from segpipe.tracking.config import default_run_name
 from segpipe.tracking.figures import box_plot_figure, overlay_figure, representative_slice
 from segpipe.tracking.metadata import data_fingerprint, model_size
 from segpipe.tracking.overlays import fixed_indices
 from segpipe.tracking.reports import CASE_COLUMNS, case_metrics, summarize_cases, summary_table, write_csv
+from segpipe.tracking.test_report import gather_cases
 
 NAMES = ["background", "disc", "square"]
 
@@ -64,7 +66,8 @@ def test_summary_excludes_nan_and_csv_writes_empty_cells(tmp_path: Path):
     path = write_csv(tmp_path / "cases.csv", rows, CASE_COLUMNS)
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(CASE_COLUMNS)
-    assert lines[2] == "a,square,,,,,0.0,0.0"
+    assert lines[1].startswith("a,disc,0.75,0.6,")  # 6 significant digits: readable in the MLflow UI
+    assert lines[2] == "a,square,,,,,0,0"
     assert summary_table(list(summary.values())).row_count == 2
 
 
@@ -104,3 +107,46 @@ def test_model_size_matches_the_parameter_count():
     assert int(size["model.params"]) == sum(p.numel() for p in net.parameters())
     assert int(size["model.macs_per_sample"]) > 0 and size["model.summary_input"] == "1x1x37x33"
     assert next(net.parameters()).device.type == "cpu"  # the summary ran on a copy
+
+
+def _case(name: str) -> list[dict[str, str | float]]:
+    return [{"case": name, "class": "disc", "dice": 1.0}, {"case": name, "class": "square", "dice": 0.5}]
+
+
+def test_gather_cases_without_process_group_keeps_the_rows():
+    cases = [_case("a"), _case("b")]
+    assert gather_cases(cases) is cases
+
+
+def test_gather_cases_interleaves_ranks_and_keeps_each_case_once(monkeypatch: pytest.MonkeyPatch):
+    # 3 ranks over cases c0..c6 read c0,c3,c6 | c1,c4 | c2,c5 (strided shards); a padding sampler adds
+    # c0 to the last two ranks, which must not be reported twice.
+    shards = [
+        [_case("c0"), _case("c3"), _case("c6")],
+        [_case("c1"), _case("c4"), _case("c0")],
+        [_case("c2"), _case("c5")],
+    ]
+
+    def all_gather_object(output: list, obj: object) -> None:
+        assert obj is shards[0]  # this process (rank 0) contributes its own cases
+        output[:] = shards
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    gathered = gather_cases(shards[0])
+    assert [case[0]["case"] for case in gathered] == [f"c{i}" for i in range(7)]
+    assert all([row["class"] for row in case] == ["disc", "square"] for case in gathered)
+
+
+@pytest.mark.parametrize(
+    "model,spatial_dims,kwargs,name",
+    [
+        ("unet", 2, None, "unet"),
+        ("fcn", 2, {"variant": "16s", "base_channels": 8}, "fcn16s"),
+        ("segnet", 3, {}, "segnet3d"),
+        ("encoder_unet", 2, {"encoder": "resnet34"}, "encoder_unet-resnet34"),
+    ],
+)
+def test_default_run_name_says_which_network(model, spatial_dims, kwargs, name):
+    assert default_run_name(model, spatial_dims, kwargs) == name

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.io2d import IMAGE_SUFFIXES
+from segpipe.data.loaders import SplitDataModule
 from segpipe.data.pairing import Case, list_files
 from segpipe.errors import DataError
 from segpipe.transforms import Normalization, build_augmentations
@@ -60,7 +60,7 @@ def stratified_split(items: Labelled, val_fraction: float, test_fraction: float,
     return splits
 
 
-class ClassificationFolderDataModule(pl.LightningDataModule):
+class ClassificationFolderDataModule(SplitDataModule):
     """Images sorted into one subfolder per class; labels follow the sorted class names.
 
     Layouts (``layout: auto`` picks by what exists)::
@@ -117,7 +117,6 @@ class ClassificationFolderDataModule(pl.LightningDataModule):
         self.predict_dir = predict_dir
         self.train_transform = build_augmentations(train_transforms)
         self.eval_transform = build_augmentations(eval_transforms)
-        self.datasets: dict[str, Dataset] = {}
 
     def resolved_layout(self) -> Literal["splits", "flat"]:
         if self.layout != "auto":
@@ -163,40 +162,23 @@ class ClassificationFolderDataModule(pl.LightningDataModule):
                 raise DataError(self.root, f"the {split} split holds no images")
         return found
 
-    def setup(self, stage: str) -> None:
-        if stage == "predict":
-            if self.predict_dir is None:
-                raise DataError(self.root, "no images to predict: set --data.predict_dir <folder>")
-            files = list_files(Path(self.predict_dir), IMAGE_SUFFIXES)
-            items = [(Case(stem, path), -1) for stem, path in files.items()]
-            self.datasets["predict"] = self._dataset(items, train=False)
-            return
-        for split, items in self.splits().items():
-            self.datasets[split] = self._dataset(items, train=split == "train")
+    # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
+    def split_items(self) -> dict[str, Labelled]:
+        return self.splits()
 
-    def _dataset(self, items: Labelled, train: bool) -> ClassificationDataset:
+    def predict_items(self) -> Labelled:
+        """The images of ``predict_dir``, labelled -1.
+
+        Raises:
+            DataError: if ``predict_dir`` is not set or holds no images.
+        """
+        if self.predict_dir is None:
+            raise DataError(self.root, "no images to predict: set --data.predict_dir <folder>")
+        files = list_files(Path(self.predict_dir), IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(self.predict_dir, f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return [(Case(stem, path), -1) for stem, path in files.items()]
+
+    def make_dataset(self, items: Labelled, train: bool) -> ClassificationDataset:
         transform = self.train_transform if train else self.eval_transform
         return ClassificationDataset(items, transform, self.normalization, self.mean, self.std)
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) > batch_size,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", self.eval_batch_size, shuffle=False)

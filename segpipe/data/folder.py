@@ -5,22 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.io2d import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image, read_mask
+from segpipe.data.loaders import SplitDataModule
 from segpipe.data.pairing import Case, list_files, pair_by_stem, split_cases
-from segpipe.distributed import loader_sampling
 from segpipe.errors import DataError
 from segpipe.transforms import Normalization, build_augmentations
 
 SPLITS = ("train", "val", "test")
 
 
-class FolderDataModule(pl.LightningDataModule):
+class FolderDataModule(SplitDataModule):
     """Images and integer masks paired by file stem.
 
     Two layouts are read (``layout: auto`` picks by what exists)::
@@ -92,7 +89,7 @@ class FolderDataModule(pl.LightningDataModule):
         # Build the pipelines now so that a bad transform name fails at start-up, not in a worker.
         self.train_transform = build_augmentations(train_transforms)
         self.eval_transform = build_augmentations(eval_transforms)
-        self.datasets: dict[str, SegmentationDataset] = {}
+        self.predict_batch_size = 1  # images to predict may differ in size
 
     # ---- discovery -------------------------------------------------------------------------------
     def resolved_layout(self) -> Literal["splits", "flat"]:
@@ -173,16 +170,14 @@ class FolderDataModule(pl.LightningDataModule):
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise DataError(first.path, first.problem + more)
 
-    # ---- Lightning hooks -------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if stage == "predict":
-            self.datasets["predict"] = self._dataset(self.predict_cases(), train=False)
-            return
-        splits = self.cases()
-        for name, cases in splits.items():
-            self.datasets[name] = self._dataset(cases, train=name == "train")
+    # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
+    def split_items(self) -> dict[str, list[Case]]:
+        return self.cases()
 
-    def _dataset(self, cases: list[Case], train: bool) -> SegmentationDataset:
+    def predict_items(self) -> list[Case]:
+        return self.predict_cases()
+
+    def make_dataset(self, cases: list[Case], train: bool) -> SegmentationDataset:
         return SegmentationDataset(
             cases,
             self.train_transform if train else self.eval_transform,
@@ -191,30 +186,3 @@ class FolderDataModule(pl.LightningDataModule):
             self.std,
             cache=self.cache,
         )
-
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        # Training: the same global batches on 1 or N processes for one seed; val/test: every case once
-        # across ranks, no padding with repeated cases (see segpipe.distributed).
-        sampler, drop_last = loader_sampling(dataset, self.trainer, split, batch_size, shuffle)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            drop_last=drop_last,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", 1, shuffle=False)

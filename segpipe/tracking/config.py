@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,6 +29,21 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
     else:
         flat[prefix[:-1]] = str(config)[:MAX_PARAM_LENGTH]
     return flat
+
+
+def default_run_name(model: str, spatial_dims: int = 2, model_kwargs: Mapping[str, Any] | None = None) -> str:
+    """A run name that says which network a run trained: ``unet``, ``fcn8s``, ``segnet3d``, ``encoder_unet-resnet34``.
+
+    Used when the config gives no ``run_name``, so that runs in the MLflow UI are told apart by their
+    architecture rather than by MLflow's random names.
+    """
+    kwargs = model_kwargs or {}
+    name = model
+    if model == "fcn" and kwargs.get("variant"):
+        name += str(kwargs["variant"])
+    if kwargs.get("encoder"):
+        name += f"-{kwargs['encoder']}"
+    return f"{name}3d" if spatial_dims == 3 else name
 
 
 class MLflowSaveConfig(SaveConfigCallback):

@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import time
+from argparse import Namespace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -113,7 +114,10 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
-        self.guard("params", lambda: super(MLflowLogger, self).log_hyperparams(params))
+        """Log ``params``, less LightningCLI's private entries (``_instantiator``, ``_class_path``)."""
+        items = vars(params) if isinstance(params, Namespace) else dict(params or {})
+        public = {k: v for k, v in items.items() if not str(k).startswith("_")}
+        self.guard("params", lambda: super(MLflowLogger, self).log_hyperparams(public))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

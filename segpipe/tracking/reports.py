@@ -92,14 +92,20 @@ def summarize_cases(rows: Sequence[dict[str, str | float]]) -> list[dict[str, st
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, str | float]], columns: Sequence[str]) -> Path:
-    """Write ``rows`` with a header; NaN is written as an empty cell."""
+    """Write ``rows`` with a header; floats with 6 significant digits, NaN as an empty cell."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+            writer.writerow({k: _cell(v) for k, v in row.items()})
     return path
+
+
+def _cell(value: str | float) -> str | float:
+    if not isinstance(value, float):
+        return value
+    return "" if math.isnan(value) else f"{value:.6g}"
 
 
 def summary_table(summary: Sequence[dict[str, str | float]], title: str = "Test metrics per class") -> Table:

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -33,6 +34,38 @@ def spacing_of(batch: dict[str, Any], index: int, spatial_dims: int) -> list[flo
     return None
 
 
+Rows = list[dict[str, str | float]]
+
+
+def gather_cases(cases: list[Rows]) -> list[Rows]:
+    """Every process's per-case rows, each case once, in the order one process would have scored them.
+
+    ``cases`` holds this process's cases (the rows of one case per entry). Under DDP, rank ``r`` of ``W``
+    scores cases ``r, r + W, ...`` (:class:`~segpipe.distributed.UnrepeatedDistributedSampler`, and
+    Lightning's ``DistributedSampler`` without shuffling), so taking the ranks' cases in turn restores the
+    dataset's order. A case that a padding sampler scored twice is kept once. Without an initialised
+    process group the input is returned as it is.
+
+    Lightning's strategies gather tensors only; per-case rows are strings and floats, hence
+    ``torch.distributed.all_gather_object``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return cases
+    per_rank: list[list[Rows] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, cases)
+    ordered: list[Rows] = []
+    seen: set[str] = set()
+    longest = max(len(rank_cases or []) for rank_cases in per_rank)
+    for k in range(longest):
+        for rank_cases in per_rank:
+            if rank_cases is not None and k < len(rank_cases) and rank_cases[k]:
+                name = str(rank_cases[k][0]["case"])
+                if name not in seen:
+                    seen.add(name)
+                    ordered.append(rank_cases[k])
+    return ordered
+
+
 class TestReport(Callback):
     """Score every test case separately and report it (see :mod:`segpipe.tracking.reports` for the rules).
 
@@ -40,7 +73,8 @@ class TestReport(Callback):
     ``test_summary.csv`` (mean, median, std and number of scored cases per class and metric) to
     ``output_dir`` and to the run under ``reports/``; prints the summary as a table; logs
     ``figures/test_boxplots.png`` and the per-class means of HD95 and ASD as ``test/hd95_<class>`` and
-    ``test/asd_<class>``.
+    ``test/asd_<class>``. Under DDP every process scores its share of the test cases and rank 0 reports
+    all of them (:func:`gather_cases`).
 
     Args:
         enabled: produce the report.
@@ -52,10 +86,15 @@ class TestReport(Callback):
         self.enabled = enabled
         self.output_dir = output_dir
         self.print_table = print_table
-        self.rows: list[dict[str, str | float]] = []
+        self.cases: list[Rows] = []
+
+    @property
+    def rows(self) -> Rows:
+        """The per-case rows, one per case and foreground class."""
+        return [row for case in self.cases for row in case]
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows = []
+        self.cases = []
 
     def on_test_batch_end(
         self,
@@ -77,10 +116,13 @@ class TestReport(Callback):
                 pred[ref == ignore] = 0
                 ref[ref == ignore] = 0
             spacing = spacing_of(batch, i, spatial_dims)
-            self.rows.extend(case_metrics(pred, ref, pl_module.class_names, str(name), spacing))
+            self.cases.append(case_metrics(pred, ref, pl_module.class_names, str(name), spacing))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled and self.rows:
+        if not self.enabled:
+            return
+        self.cases = gather_cases(self.cases)  # on every rank: all_gather_object is collective
+        if self.rows:
             self.report(trainer)
 
     def folder(self, trainer: pl.Trainer) -> Path:
