@@ -59,15 +59,16 @@ def datamodule_for_folder(target: Path) -> DataChecks:
     if is_case_list(target):
         return VolumeDataModule(root=str(target), num_workers=0)
     if not target.is_dir():
-        raise DataError(target, "does not exist" if not target.exists() else "expected a folder, case list or config")
+        problem = "dataset folder does not exist" if not target.exists() else "expected a folder, case list or config"
+        raise DataError(target, problem)
     if (target / "imagesTr").is_dir() or (target / DATASET_JSON).exists():
         return VolumeDataModule(root=str(target), num_workers=0)
-    for images in (target / "images", target / "train" / "images"):
-        kind = _holds(images)
-        if kind == "3d":
-            return VolumeDataModule(root=str(target), num_workers=0)
-        if kind == "2d" or images.is_dir():
-            return FolderDataModule(root=str(target), num_workers=0)
+    folders = [target / "images", target / "labels", target / "masks", target / "train" / "images"]
+    kinds = {_holds(folder) for folder in folders}
+    if "3d" in kinds:
+        return VolumeDataModule(root=str(target), num_workers=0)
+    if "2d" in kinds or any(folder.is_dir() for folder in folders):
+        return FolderDataModule(root=str(target), num_workers=0)
     raise DataError(
         target,
         "holds no dataset layout: images/ + masks/ or train/ + val/ (2D), images/ + labels/ or "
@@ -132,7 +133,8 @@ def summary_rows(report: DataReport) -> list[tuple[str, str]]:
 def render(report: DataReport, target: str, console: Console) -> None:
     """Print every problem as one table (file, problem), or the summary of a clean dataset."""
     if report.problems:
-        table = Table(title=f"{len(report.problems)} problems in {target}", title_justify="left")
+        console.print(f"{len(report.problems)} problems in {target}", highlight=False)
+        table = Table()
         table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
         for problem in report.problems:
@@ -140,7 +142,8 @@ def render(report: DataReport, target: str, console: Console) -> None:
         console.print(table)
         console.print("segpipe fit refuses this dataset until these are fixed.")
         return
-    table = Table(title=f"{target}: no problems", title_justify="left", show_header=False)
+    console.print(f"{target}: no problems", highlight=False)
+    table = Table(show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     for row in summary_rows(report):
@@ -196,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
-    # Wide when not a terminal, so that piped output keeps one line per problem.
-    render(report, args.target, Console(width=None if sys.stdout.isatty() else 200))
+    # Unbounded when not a terminal, so that piped output and logs keep one line per problem.
+    render(report, args.target, Console(width=None if sys.stdout.isatty() else 100_000))
     return 0 if report.ok else 2
 
 
