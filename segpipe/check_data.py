@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,17 @@ def datamodule_from_config(config: Path, overrides: list[str]) -> tuple[Lightnin
             data = parser.parse_object({"data": self.config.data.as_dict()})
             self.datamodule = parser.instantiate_classes(data).data
 
-    cli = DataOnlyCLI(
-        SegmentationTask,
-        LightningDataModule,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        seed_everything_default=False,
-        auto_configure_optimizers=False,
-        run=False,
-        args=["--config", str(config), *overrides],
-    )
+    with warnings.catch_warnings():  # args are given on purpose, while sys.argv holds "check-data ..."
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        cli = DataOnlyCLI(
+            SegmentationTask,
+            LightningDataModule,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            run=False,
+            args=["--config", str(config), *overrides, "--seed_everything", "false"],  # checks draw nothing
+        )
     model = cli.config.model
     return cli.datamodule, int(model.num_classes), int(model.in_channels)
 
@@ -123,7 +125,7 @@ def summary_rows(report: DataReport) -> list[tuple[str, str]]:
     rows.append(("classes found", (", ".join(map(str, found)) or "none (no labels)") + declared))
     if report.cases:
         rows.append(("channels", ", ".join(sorted({str(c.channels) for c in report.cases}))))
-        rows.append(("shape (voxels)", _range([c.shape for c in report.cases], "d")))
+        rows.append(("shape", _range([c.shape for c in report.cases], "d")))
         spacings = [c.spacing for c in report.cases if c.spacing is not None]
         if spacings:
             rows.append(("spacing (mm)", _range(spacings, ".4g")))
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="segpipe check-data",
         description="Validate a dataset before training: every problem in one table; exit code 2 if any.",
+        epilog="With a config, further arguments override it as for segpipe fit, e.g. --data.init_args.root other/",
     )
     parser.add_argument("target", help="dataset folder, .csv/.json case list, or LightningCLI .yaml config")
     parser.add_argument("--num-classes", type=int, help="classes the labels must fit (default: model/dataset.json)")

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
 from corpus import AFFINE, SHAPE, png_bomb, tiff_bomb, volume_case, write_dicom_series
 
 from segpipe.data.io2d import read_image, read_mask
@@ -216,3 +217,12 @@ def test_2d_reader_errors_name_the_file_once(tmp_path: Path):
         with pytest.raises(DataError, match=message) as err:
             read_image(tmp_path / name)
         assert str(err.value).count(str(tmp_path / name)) == 1
+
+
+def test_tiff_stacks_are_refused_and_planar_rgb_is_channels_last(tmp_path: Path):
+    rgb = np.random.default_rng(3).integers(0, 255, (3, 37, 33), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), rgb.transpose(1, 2, 0))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 37, 33), np.uint16))
+    with pytest.raises(DataError, match=r"is a TIFF stack \(shape \(5, 37, 33\), axes QYX\); expected one 2D image"):
+        read_image(tmp_path / "stack.tif")

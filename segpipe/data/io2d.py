@@ -36,8 +36,14 @@ def _read_tiff(path: Path) -> np.ndarray:
         if not tif.series:
             raise DataError(path, "TIFF holds no image")
         series = tif.series[0]
-        _check_pixels(path, series.shape, dict(zip(series.axes, series.shape, strict=True)).get("S", 1))
-        return np.asarray(series.asarray())
+        sizes = dict(zip(series.axes, series.shape, strict=True))
+        _check_pixels(path, series.shape, sizes.get("S", 1))
+        stacked = {axis: n for axis, n in sizes.items() if axis not in "YXS" and n > 1}
+        if stacked:  # pages, z-slices, time points: not one 2D image
+            raise DataError(path, f"is a TIFF stack (shape {series.shape}, axes {series.axes}); expected one 2D image")
+        kept = [axis for axis in series.axes if axis in "YXS"]
+        array = np.asarray(series.asarray()).reshape([sizes[axis] for axis in kept])
+        return np.moveaxis(array, 0, -1) if kept[0] == "S" else array  # planar RGB -> (H, W, C)
 
 
 def _read_array(path: Path) -> np.ndarray:
