@@ -4,6 +4,7 @@ DICOM series, dataset.json files, decompression bombs, and segpipe fit configs o
 from __future__ import annotations
 
 import json
+import locale
 import struct
 import zlib
 from pathlib import Path
@@ -154,22 +155,32 @@ def write_dicom_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     d = direction
-    for k in range(volume.shape[2]):
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer resets the C locale (ASCII text I/O afterwards)
+    try:
+        _write_slices(folder, image, writer, d, spacing[2], series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return folder
+
+
+def _write_slices(
+    folder: Path, image: sitk.Image, writer: sitk.ImageFileWriter, d: tuple[float, ...], thickness: float, uid: str
+) -> None:
+    for k in range(image.GetDepth()):
         slice_ = image[:, :, k]
         tags = {
             "0020|000d": "1.2.826.0.1.3680043.2.1125.9",  # study
-            "0020|000e": series_uid,
+            "0020|000e": uid,
             "0008|0060": "CT",
             "0020|0037": "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))),  # row, column cosines
             "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))),
             "0020|0013": str(k + 1),
-            "0018|0050": str(spacing[2]),
+            "0018|0050": str(thickness),
         }
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
         writer.Execute(slice_)
-    return folder
 
 
 # ---- configs -----------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_check_data_command_in_a_subprocess_exits_2_without_a_traceback(tmp_path
     proc = subprocess.run(
         [sys.executable, "-m", "segpipe.cli", "check-data", str(root)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=600,
     )
     assert proc.returncode == 2, proc.stderr
