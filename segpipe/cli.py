@@ -2,6 +2,7 @@
 
 segpipe fit|validate|test|predict --config configs/demo.yaml [--trainer.max_epochs 3 ...]
 segpipe summary --config configs/unet.yaml [--input 4x1x512x512]
+segpipe check-data <dataset folder | cases.csv | config.yaml>
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ segpipe: semantic segmentation of medical images (U-Net, Dense-UNet, SegNet, FCN
 
 Subcommands: fit, validate, test, predict (LightningCLI; each takes --config <yaml> and dotted
 overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML), and
+  check-data validate a dataset folder, case list or config's data: every problem in one table.
   summary    per-layer parameters, multiply-adds and activation memory of a configured model.
   export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
   classify   fit|validate|test|predict an image classifier (a backbone for encoder_weights).
@@ -51,7 +53,12 @@ Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the
 # DataModules whose files are validated (check/validate) before anything is written.
 CHECKED_DATAMODULES = (FolderDataModule, VolumeDataModule)
 
-EXTRA_COMMANDS = {"summary": "segpipe.summary", "export": "segpipe.export", "classify": "segpipe.classify"}
+EXTRA_COMMANDS = {
+    "check-data": "segpipe.check_data",
+    "summary": "segpipe.summary",
+    "export": "segpipe.export",
+    "classify": "segpipe.classify",
+}
 
 
 class SegpipeCLI(LightningCLI):

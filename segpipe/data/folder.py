@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
+from segpipe.data.checks import DataChecks, DataReport, Expected, check_image_case, check_splits
 from segpipe.data.datasets import SegmentationDataset
-from segpipe.data.io2d import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image, read_mask
+from segpipe.data.io2d import IMAGE_SUFFIXES, MASK_SUFFIXES
 from segpipe.data.loaders import SplitDataModule
-from segpipe.data.pairing import Case, list_files, pair_by_stem, split_cases
+from segpipe.data.pairing import Case, list_files, pair_files, split_cases
 from segpipe.errors import DataError
 from segpipe.transforms import Normalization, build_augmentations
 
 SPLITS = ("train", "val", "test")
 
 
-class FolderDataModule(SplitDataModule):
+class FolderDataModule(DataChecks, SplitDataModule):
     """Images and integer masks paired by file stem.
 
     Two layouts are read (``layout: auto`` picks by what exists)::
@@ -101,22 +100,42 @@ class FolderDataModule(SplitDataModule):
         """The cases of each split.
 
         Raises:
-            DataError: for a missing folder, unpaired files or an empty dataset.
+            DataError: for a missing folder, unpaired files or an empty dataset (the first problem).
+        """
+        splits, problems = self.discover()
+        if problems:
+            raise problems[0]
+        return splits
+
+    def discover(self) -> tuple[dict[str, list[Case]], list[DataError]]:
+        """The paired cases of each split, and one problem per unpaired file or missing/empty folder.
+
+        Raises:
+            DataError: when the dataset folder does not exist, or for a bad split fraction.
         """
         if not self.root.is_dir():
             raise DataError(self.root, "dataset folder does not exist")
         if self.resolved_layout() == "flat":
-            cases = self._pair(self.root)
-            return split_cases(cases, self.val_fraction, self.test_fraction, self.split_seed)
-        found = {s: self._pair(self.root / s) for s in SPLITS if (self.root / s).is_dir()}
-        for required in ("train", "val"):
-            if required not in found:
-                raise DataError(self.root / required, "split folder is missing (layout 'splits')")
-        found.setdefault("test", [])
-        return found
+            cases, problems = self._pair(self.root)
+            try:
+                return split_cases(cases, self.val_fraction, self.test_fraction, self.split_seed), problems
+            except ValueError as err:
+                raise DataError(self.root, str(err)) from None
+        found: dict[str, list[Case]] = {"train": [], "val": [], "test": []}
+        problems = []
+        for split in SPLITS:
+            if (self.root / split).is_dir():
+                found[split], split_problems = self._pair(self.root / split)
+                problems += split_problems
+            elif split != "test":
+                problems.append(DataError(self.root / split, "split folder is missing (layout 'splits')"))
+        return found, problems
 
-    def _pair(self, folder: Path) -> list[Case]:
-        return pair_by_stem(folder / self.images_dir, folder / self.masks_dir, IMAGE_SUFFIXES, MASK_SUFFIXES)
+    def _pair(self, folder: Path) -> tuple[list[Case], list[DataError]]:
+        try:
+            return pair_files(folder / self.images_dir, folder / self.masks_dir, IMAGE_SUFFIXES, MASK_SUFFIXES)
+        except DataError as err:
+            return [], [err]
 
     def predict_cases(self) -> list[Case]:
         if self.predict_dir is None:
@@ -127,48 +146,19 @@ class FolderDataModule(SplitDataModule):
         return [Case(stem, path) for stem, path in files.items()]
 
     # ---- validation ------------------------------------------------------------------------------
-    def check(self, num_classes: int, in_channels: int, stage: str = "fit") -> list[DataError]:
-        """Read every file of the splits ``stage`` uses and return all problems found."""
+    def report(self, num_classes: int | None = None, in_channels: int | None = None, stage: str = "fit") -> DataReport:
+        """Read every file of the splits ``stage`` uses and report every problem found (see
+        :func:`segpipe.data.checks.check_image_case`); without ``in_channels``, channel counts must
+        agree across cases, and without ``num_classes`` label values are not checked."""
+        expected = Expected(num_classes, in_channels)
         try:
-            splits = {"predict": self.predict_cases()} if stage == "predict" else self.cases()
+            if stage == "predict":
+                splits, problems = {"predict": self.predict_cases()}, []
+            else:
+                splits, problems = self.discover()
         except DataError as err:
-            return [err]
-        problems: list[DataError] = []
-        for split, cases in splits.items():
-            for case in cases:
-                try:
-                    self._check_case(case, num_classes, in_channels)
-                except DataError as err:
-                    problems.append(err)
-            if not cases and split in ("train", "val") and stage in ("fit", "validate"):
-                problems.append(DataError(self.root, f"the {split} split is empty"))
-            if not cases and split == "test" and stage == "test":
-                problems.append(DataError(self.root, "the test split is empty"))
-        return problems
-
-    def _check_case(self, case: Case, num_classes: int, in_channels: int) -> None:
-        image = read_image(case.image)
-        if image.shape[-1] != in_channels:
-            raise DataError(case.image, f"has {image.shape[-1]} channels, the model expects {in_channels}")
-        if case.mask is None:
-            return
-        mask = read_mask(case.mask)
-        if mask.shape != image.shape[:2]:
-            raise DataError(case.mask, f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
-        bad = np.unique(mask[(mask < 0) | (mask >= num_classes)])
-        if bad.size:
-            raise DataError(
-                case.mask,
-                f"labels {bad[:5].tolist()} are outside the {num_classes} classes 0..{num_classes - 1}",
-            )
-
-    def validate(self, num_classes: int, in_channels: int, stage: str = "fit") -> None:
-        """Raise the first problem :meth:`check` finds, with a count of the others."""
-        problems = self.check(num_classes, in_channels, stage)
-        if problems:
-            first = problems[0]
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise DataError(first.path, first.problem + more)
+            return DataReport([err])
+        return check_splits(self.root, splits, check_image_case, expected, stage, problems)
 
     # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
     def split_items(self) -> dict[str, list[Case]]:

@@ -17,21 +17,47 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 # Pillow's own guard against decompression bombs (a header claiming a huge size): refuse images over
-# this many pixels instead of allocating gigabytes.
-Image.MAX_IMAGE_PIXELS = 2**28
+# this many pixels instead of allocating gigabytes. Pillow only warns up to twice the limit, so the size
+# from the header is also checked here, for Pillow and tifffile alike, before any pixel is decoded.
+MAX_IMAGE_PIXELS = 2**28
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...], samples: int = 1) -> None:
+    """Refuse ``shape`` (as the header states it) with more than :data:`MAX_IMAGE_PIXELS` pixels."""
+    pixels = int(np.prod(shape, dtype=np.float64)) // max(1, samples)
+    if pixels > MAX_IMAGE_PIXELS:
+        limit = f"over the {MAX_IMAGE_PIXELS} limit (a decompression bomb?)"
+        raise DataError(path, f"header claims shape {tuple(shape)} ({pixels:.3g} pixels), {limit}")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise DataError(path, "TIFF holds no image")
+        series = tif.series[0]
+        sizes = dict(zip(series.axes, series.shape, strict=True))
+        _check_pixels(path, series.shape, sizes.get("S", 1))
+        stacked = {axis: n for axis, n in sizes.items() if axis not in "YXS" and n > 1}
+        if stacked:  # pages, z-slices, time points: not one 2D image
+            raise DataError(path, f"is a TIFF stack (shape {series.shape}, axes {series.axes}); expected one 2D image")
+        kept = [axis for axis in series.axes if axis in "YXS"]
+        array = np.asarray(series.asarray()).reshape([sizes[axis] for axis in kept])
+        return np.moveaxis(array, 0, -1) if kept[0] == "S" else array  # planar RGB -> (H, W, C)
 
 
 def _read_array(path: Path) -> np.ndarray:
     if not path.exists():
         raise DataError(path, "file does not exist (dangling link?)" if path.is_symlink() else "file does not exist")
     if not path.is_file():
-        raise DataError(path, "is not a regular file")
+        raise DataError(path, "is a folder, expected an image file" if path.is_dir() else "is not a regular file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty (0 bytes)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as im:
+            return _read_tiff(path)
+        with Image.open(path) as im:  # reads the header only
+            _check_pixels(path, (im.height, im.width))
             im.load()
             # Palette ("P") PNGs come back as their indices, which is what a label mask stores.
             return np.asarray(im)
@@ -40,7 +66,8 @@ def _read_array(path: Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as err:
-        raise DataError(path, f"cannot be decoded as an image ({type(err).__name__}: {err})") from None
+        text = " ".join(str(err).replace(f"'{path}'", "").replace(str(path), "").split())
+        raise DataError(path, f"cannot be decoded as an image ({type(err).__name__}: {text})") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -38,33 +38,38 @@ def list_files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
     return found
 
 
-def pair_by_stem(
+def pair_files(
     images_dir: Path, masks_dir: Path, image_suffixes: Sequence[str], mask_suffixes: Sequence[str]
-) -> list[Case]:
-    """Pair ``images_dir/<stem>.*`` with ``masks_dir/<stem>.*``.
+) -> tuple[list[Case], list[DataError]]:
+    """Pair ``images_dir/<stem>.*`` with ``masks_dir/<stem>.*``; returns the pairs and one problem per
+    unpaired file (or one for an image folder without images).
 
     Raises:
-        DataError: naming the first unpaired files, or when the folder holds no images.
+        DataError: if a folder is missing or two of its files share a stem.
     """
     images = list_files(images_dir, image_suffixes)
     masks = list_files(masks_dir, mask_suffixes)
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask:
-        raise DataError(
-            images[no_mask[0]],
-            f"has no mask in {masks_dir} ({len(no_mask)} unpaired images: "
-            f"{', '.join(no_mask[:5])}{'...' if len(no_mask) > 5 else ''})",
-        )
-    if no_image:
-        raise DataError(
-            masks[no_image[0]],
-            f"has no image in {images_dir} ({len(no_image)} unpaired masks: "
-            f"{', '.join(no_image[:5])}{'...' if len(no_image) > 5 else ''})",
-        )
+    problems = [DataError(images[s], f"has no mask in {masks_dir}") for s in sorted(set(images) - set(masks))]
+    problems += [DataError(masks[s], f"has no image in {images_dir}") for s in sorted(set(masks) - set(images))]
     if not images:
-        raise DataError(images_dir, f"holds no images ({', '.join(image_suffixes)})")
-    return [Case(stem, images[stem], masks[stem]) for stem in sorted(images)]
+        problems.insert(0, DataError(images_dir, f"holds no images ({', '.join(image_suffixes)})"))
+    return [Case(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))], problems
+
+
+def pair_by_stem(
+    images_dir: Path, masks_dir: Path, image_suffixes: Sequence[str], mask_suffixes: Sequence[str]
+) -> list[Case]:
+    """Pair ``images_dir/<stem>.*`` with ``masks_dir/<stem>.*`` (see :func:`pair_files`).
+
+    Raises:
+        DataError: naming the first unpaired file (with the count), or when the folder holds no images.
+    """
+    cases, problems = pair_files(images_dir, masks_dir, image_suffixes, mask_suffixes)
+    if problems:
+        first = problems[0]
+        more = f" ({len(problems)} unpaired files)" if len(problems) > 1 else ""
+        raise DataError(first.path, first.problem + more)
+    return cases
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Case]]:

@@ -21,7 +21,8 @@ def same_geometry(a: VolumeMeta, b: VolumeMeta) -> bool:
     return bool(np.allclose(a.affine, b.affine, rtol=0, atol=AFFINE_ATOL))
 
 
-def _geometry_problem(what: str, meta: VolumeMeta, reference: VolumeMeta, ref_name: str) -> str:
+def geometry_problem(what: str, meta: VolumeMeta, reference: VolumeMeta, ref_name: str) -> str:
+    """Why ``meta`` does not match ``reference``: both spacings and origins, and the tolerance."""
     spacing = tuple(round(s, 4) for s in meta.spacing)
     ref_spacing = tuple(round(s, 4) for s in reference.spacing)
     origin = tuple(np.round(meta.affine[:3, 3], 3).tolist())
@@ -50,7 +51,7 @@ def load_case(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None, VolumeMe
         elif array.shape[1:] != arrays[0].shape[1:]:
             raise DataError(path, f"shape {array.shape[1:]} differs from channel 0 {arrays[0].shape[1:]}")
         elif not same_geometry(channel_meta, meta):
-            raise DataError(path, _geometry_problem("channel", channel_meta, meta, case.images[0].name))
+            raise DataError(path, geometry_problem("channel", channel_meta, meta, case.images[0].name))
         arrays.append(array)
     if meta is None:
         raise ValueError(f"case {case.name!r} lists no image files")
@@ -63,7 +64,7 @@ def load_case(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None, VolumeMe
             case.label, f"label shape {label.shape} differs from image shape {image.shape[1:]} ({case.images[0].name})"
         )
     if not same_geometry(label_meta, meta):
-        raise DataError(case.label, _geometry_problem("label", label_meta, meta, f"image {case.images[0].name}"))
+        raise DataError(case.label, geometry_problem("label", label_meta, meta, f"image {case.images[0].name}"))
     return image, label, meta
 
 

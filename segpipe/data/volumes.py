@@ -1,9 +1,10 @@
-"""DataModule for 3D volumes (NIfTI, NRRD/MHA/MHD, NumPy) and label volumes, trained on random patches or slices.
+"""DataModule for 3D volumes (NIfTI, NRRD/MHA/MHD, DICOM series, NumPy) and label volumes, trained on
+random patches or slices.
 
-Layouts are found by :mod:`segpipe.data.layouts`, splits made by :mod:`segpipe.data.splits`, and every
-case is read through :mod:`segpipe.data.volume_cases` (and :mod:`segpipe.data.io3d`), so a bad file is
-reported as a :class:`DataError` naming it. Preprocessed volumes may be cached in memory or on disk
-(:mod:`segpipe.data.cache`).
+Layouts are found by :mod:`segpipe.data.layouts`, splits made by :mod:`segpipe.data.splits`, the data
+checked by :mod:`segpipe.data.checks`, and every case is read through :mod:`segpipe.data.volume_cases`
+(and :mod:`segpipe.data.io3d`), so a bad file is reported as a :class:`DataError` naming it.
+Preprocessed volumes may be cached in memory or on disk (:mod:`segpipe.data.cache`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,21 @@ from monai.transforms import (
 )
 
 from segpipe.data.cache import CachedVolumeDataset, VolumeCache
+from segpipe.data.checks import DataChecks, DataReport, check_splits, check_volume_case, expectations
+from segpipe.data.dataset_json import DatasetJson
 from segpipe.data.fingerprint import foreground_intensity_statistics, median_spacing
-from segpipe.data.layouts import Layout, ResolvedLayout, VolumeCase, discover_cases, predict_cases, resolve_layout
+from segpipe.data.layouts import (
+    Layout,
+    ResolvedLayout,
+    VolumeCase,
+    dataset_folder,
+    discover_cases,
+    predict_cases,
+    read_declaration,
+    resolve_layout,
+)
 from segpipe.data.splits import SPLITS, read_split_file, split_names
-from segpipe.data.volume_cases import LoadCased, load_case
+from segpipe.data.volume_cases import LoadCased
 from segpipe.distributed import loader_sampling
 from segpipe.errors import DataError, SegpipeError
 from segpipe.transforms.geometry import GEOMETRY_KEY, VolumeGeometryd, spacing_of
@@ -47,7 +59,7 @@ STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 
 
 # ---- the DataModule --------------------------------------------------------------------------------
-class VolumeDataModule(pl.LightningDataModule):
+class VolumeDataModule(DataChecks, pl.LightningDataModule):
     """3D images and integer label volumes; patches or slices for training, whole volumes for val/test/predict.
 
     Every case is first preprocessed (deterministic, :meth:`preprocessing`): read, reoriented to
@@ -71,15 +83,20 @@ class VolumeDataModule(pl.LightningDataModule):
     case, so the slices of one volume are all in one split.
 
     Args:
-        root: dataset folder.
-        layout: ``auto``, ``images_labels`` (``images/`` + ``labels/`` or ``masks/``) or ``nnunet``
-            (``imagesTr/`` with ``_0000`` channel suffixes + ``labelsTr/``).
+        root: dataset folder, or a ``.csv``/``.json`` case list (layout ``list``).
+        layout: ``auto``, ``images_labels`` (``images/`` + ``labels/`` or ``masks/``), ``nnunet``
+            (``imagesTr/`` with ``_0000`` channel suffixes + ``labelsTr/``), ``decathlon`` (the cases
+            that ``dataset.json`` lists under ``training``) or ``list`` (a CSV/JSON case list, see
+            :mod:`segpipe.data.case_lists`). A ``dataset.json`` in the folder declares the classes and
+            channels, and is checked against the data and the model.
+        list_file: the case list in ``root`` for layout ``list`` (``auto`` picks ``list`` when it is set).
         val_fraction: share of cases for validation (ignored with ``fold`` or ``split_file``).
         test_fraction: share of cases held out for testing, the same for every fold.
         split_seed: seed of the case-level shuffle and of the folds.
         fold: k-fold cross-validation: fold ``fold`` (0-based) of ``num_folds`` is the val split.
         num_folds: number of cross-validation folds.
-        split_file: YAML ``{train: [...], val: [...], test: [...]}`` of case names, relative to ``root``;
+        split_file: YAML ``{train: [...], val: [...], test: [...]}`` of case names, relative to the
+            dataset folder;
             when set it replaces the seeded split (unlisted cases are not used).
         patch_size: training patch (X, Y, Z) in voxels; with ``training_mode: slices`` the in-plane size
             (the two axes other than ``slice_axis``, in order).
@@ -133,6 +150,7 @@ class VolumeDataModule(pl.LightningDataModule):
         self,
         root: str = "data",
         layout: Layout = "auto",
+        list_file: str | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
         split_seed: int = 0,
@@ -193,6 +211,7 @@ class VolumeDataModule(pl.LightningDataModule):
             raise ValueError("set both ct_mean and ct_std, or neither (per-volume statistics)")
         self.root = Path(root)
         self.layout = layout
+        self.list_file = list_file
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
@@ -228,15 +247,23 @@ class VolumeDataModule(pl.LightningDataModule):
     # ---- discovery ---------------------------------------------------------------------------------
     def resolved_layout(self) -> ResolvedLayout:
         """The layout in use (see :func:`segpipe.data.layouts.resolve_layout`)."""
-        return resolve_layout(self.root, self.layout)
+        return resolve_layout(self.root, self.layout, self.list_file)
+
+    def declaration(self) -> DatasetJson | None:
+        """The dataset's ``dataset.json`` (classes, channels), or None.
+
+        Raises:
+            DataError: when it is invalid.
+        """
+        return read_declaration(self.root)
 
     def _discover(self) -> tuple[list[VolumeCase], list[DataError]]:
-        return discover_cases(self.root, self.layout)
+        return discover_cases(self.root, self.layout, self.list_file)
 
     def _split(self, cases: list[VolumeCase]) -> dict[str, list[VolumeCase]]:
         by_name = {c.name: c for c in cases}
         if self.split_file is not None:
-            names = read_split_file(self.root / self.split_file, list(by_name))
+            names = read_split_file(dataset_folder(self.root) / self.split_file, list(by_name))
         else:
             try:
                 names = split_names(
@@ -260,60 +287,33 @@ class VolumeDataModule(pl.LightningDataModule):
 
     def predict_cases(self) -> list[VolumeCase]:
         """Cases to predict (see :func:`segpipe.data.layouts.predict_cases`)."""
-        return predict_cases(self.root, self.layout, self.predict_dir)
+        return predict_cases(self.root, self.layout, self.predict_dir, self.list_file)
 
     # ---- validation --------------------------------------------------------------------------------
-    def check(self, num_classes: int, in_channels: int, stage: str = "fit") -> list[DataError]:
-        """Read every file of the dataset (or of the predict folder) and return all problems found.
+    def report(self, num_classes: int | None = None, in_channels: int | None = None, stage: str = "fit") -> DataReport:
+        """Read every file of the dataset (or of the predict cases) and report every problem found.
 
-        Problems: unreadable, empty or non-finite files, unpaired files, image/label shape or affine
-        mismatch, labels outside 0..num_classes-1, channel counts other than ``in_channels``, empty
-        splits that ``stage`` needs.
+        Problems: those of :func:`segpipe.data.checks.check_volume_case` for each case, unpaired files,
+        empty splits that ``stage`` needs, an invalid ``dataset.json`` or one that disagrees with the
+        data or the model. ``num_classes``/``in_channels`` default to what ``dataset.json`` declares
+        (unchecked without it; channel counts must then agree across cases).
         """
         try:
+            declared = self.declaration()
+        except DataError:
+            declared = None  # reported by discovery
+        expected, problems = expectations(num_classes, in_channels, declared)
+        class_names = declared.class_names if declared is not None else None
+        try:
             if stage == "predict":
-                splits, problems = {"predict": self.predict_cases()}, []
+                splits = {"predict": self.predict_cases()}
             else:
-                cases, problems = self._discover()
+                cases, found = self._discover()
+                problems += found
                 splits = self._split(cases)
         except DataError as err:
-            return [err]
-        for split, split_cases in splits.items():
-            for case in split_cases:
-                try:
-                    self._check_case(case, num_classes, in_channels)
-                except DataError as err:
-                    problems.append(err)
-            if not split_cases and split in ("train", "val") and stage in ("fit", "validate"):
-                problems.append(DataError(self.root, f"the {split} split is empty"))
-            if not split_cases and split == "test" and stage == "test":
-                problems.append(DataError(self.root, "the test split is empty"))
-        return problems
-
-    def _check_case(self, case: VolumeCase, num_classes: int, in_channels: int) -> None:
-        image, label, _ = load_case(case)
-        if image.shape[0] != in_channels:
-            raise DataError(case.images[0], f"has {image.shape[0]} channels, the model expects {in_channels}")
-        if label is None:
-            return
-        bad = np.unique(label[(label < 0) | (label >= num_classes)])
-        if bad.size:
-            raise DataError(
-                case.label or case.images[0],
-                f"labels {bad[:5].tolist()} are outside the {num_classes} classes 0..{num_classes - 1}",
-            )
-
-    def validate(self, num_classes: int, in_channels: int, stage: str = "fit") -> None:
-        """Raise the first problem :meth:`check` finds, with a count of the others.
-
-        Raises:
-            DataError: the first problem, naming its file.
-        """
-        problems = self.check(num_classes, in_channels, stage)
-        if problems:
-            first = problems[0]
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise DataError(first.path, first.problem + more)
+            return DataReport([*problems, err], class_names=class_names)
+        return check_splits(self.root, splits, check_volume_case, expected, stage, problems, class_names)
 
     # ---- dataset statistics -------------------------------------------------------------------------
     def dataset_statistics(self) -> dict[str, Any]:
