@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.io2d import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image, read_mask
 from segpipe.data.pairing import Case, list_files, pair_by_stem, split_cases
+from segpipe.data.resumable import ResumableDataLoader
 from segpipe.distributed import evaluation_sampler, training_sampler
 from segpipe.errors import DataError
 from segpipe.transforms import Normalization, build_augmentations
@@ -201,7 +202,8 @@ class FolderDataModule(pl.LightningDataModule):
             sampler = evaluation_sampler(dataset, self.trainer)
         else:
             sampler = None
-        return DataLoader(
+        # Training resumes mid-epoch where its checkpoint was written; evaluation always runs whole.
+        return (ResumableDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,

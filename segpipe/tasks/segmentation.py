@@ -106,9 +106,14 @@ class SegmentationTask(pl.LightningModule):
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
+        return self.criterion(self(batch["image"]), batch["mask"])
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        # Logged here, from the step's output, so that a batch NonFiniteGuard skips (no output) stays out
+        # of the epoch mean; Lightning's output loss is divided by accumulate_grad_batches.
+        if outputs:
+            loss = outputs["loss"] * self.trainer.accumulate_grad_batches
+            self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
 
     def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> torch.Tensor:
         logits = self.infer(batch["image"])
