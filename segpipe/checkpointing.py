@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, read without unpickling code, found again for ``--ckpt_path last``.
+"""Checkpoint files: written atomically and durably, read without unpickling code; output folders probed.
 
 ``AtomicCheckpointIO`` is the Trainer's CheckpointIO plugin in ``segpipe`` runs. A ``last.ckpt`` is
 either the previous complete file or the new complete file, whatever moment the process is killed at;

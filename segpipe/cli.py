@@ -103,16 +103,18 @@ class SegpipeCLI(LightningCLI):
             check_checkpoint(config.ckpt_path)
 
     def _last_checkpoint(self, config: Namespace) -> str | None:
-        """``--ckpt_path last`` (see segpipe.tracking.resume); with another logger, Lightning's own ``last``."""
+        """``--ckpt_path last`` (see segpipe.tracking.resume); with another logger, Lightning's own ``last``.
+
+        None (warned) for a first ``fit``; the other subcommands need a checkpoint.
+        """
+        required = self.config.subcommand != "fit"
         if config.checkpoint.get("dirpath"):
-            return last_checkpoint_in(config.checkpoint.dirpath)
+            return last_checkpoint_in(config.checkpoint.dirpath, required)
         init_args = self._mlflow_init_args(config)
         if init_args is None:
             return LAST
-        uri = effective_tracking_uri(init_args.tracking_uri)
-        return last_checkpoint_of_experiment(
-            config.trainer.get("default_root_dir") or ".", init_args.experiment_name, uri
-        )
+        root, uri = config.trainer.get("default_root_dir") or ".", effective_tracking_uri(init_args.tracking_uri)
+        return last_checkpoint_of_experiment(root, init_args.experiment_name, uri, required)
 
     def _mlflow_init_args(self, config: Namespace) -> Namespace | None:
         """The configured logger's init_args when it is segpipe's MLflowLogger (or a subclass), else None."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 import torch
 from test_cli import tiny_config, write_config
 
+from segpipe.callbacks import ResumableCheckpoint
 from segpipe.checkpointing import AtomicCheckpointIO, check_checkpoint, safe_load
 from segpipe.cli import main
 from segpipe.errors import CheckpointError, ExportError, SegpipeError
@@ -177,3 +180,27 @@ def test_ckpt_path_last_is_the_newest_last_ckpt_of_the_configured_experiment(tmp
     assert last_checkpoint_in(newest.parent) == str(newest)
     with pytest.warns(UserWarning, match="training starts from scratch"):
         assert last_checkpoint_in(tmp_path) is None
+
+
+def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_stops_at_once(capsys):
+    callback, trainer = ResumableCheckpoint(), SimpleNamespace(received_sigterm=False, world_size=1)
+    original = signal.getsignal(signal.SIGINT)
+    callback.on_fit_start(trainer, None)
+    try:
+        assert callback._stop_signal(trainer) == 0
+        os.kill(os.getpid(), signal.SIGINT)  # handled between two bytecodes of this thread
+        assert callback._stop_signal(trainer) == signal.SIGINT
+        assert "SIGINT: stopping after the current step and writing last.ckpt" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        callback.teardown(trainer, None, "fit")
+    assert signal.getsignal(signal.SIGINT) is original
+    assert ResumableCheckpoint()._stop_signal(SimpleNamespace(received_sigterm=True, world_size=1)) == signal.SIGTERM
+
+
+def test_ckpt_path_last_is_required_outside_fit(workdir: Path, flat_dataset: Path, capsys):
+    config = write_config(workdir / "tiny.yaml", tiny_config(flat_dataset))
+    assert main(["test", "--config", str(config), "--ckpt_path", "last"]) == 2
+    (error,) = errors_in(capsys.readouterr().err)
+    assert error.startswith("segpipe: error: --ckpt_path last: no checkpoint at outputs/") and "'tests'" in error

@@ -2,8 +2,8 @@
 
 The reference trains 3 epochs uninterrupted. The same training is then killed with SIGKILL after a step
 checkpoint (mid-epoch), during validation and halfway through writing ``last.ckpt``, stopped with
-SIGTERM, and resumed after each; its final weights, optimiser state and validation metrics equal the
-reference's exactly, in one MLflow run. Faults are injected at exact points by tests/fault_points.py.
+SIGTERM, and resumed after each; its final weights, optimiser state, validation metrics and curves equal
+the reference's, in one MLflow run. Faults are injected at exact points by tests/fault_points.py.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ def last_checkpoint(workdir: Path) -> tuple[Path, dict]:
 
 
 def the_run(workdir: Path) -> mlflow.entities.Run:
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    # A client, not mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI, which segpipe would then use.
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert len(runs) == 1, [r.info.run_id for r in runs]
     return runs[0]
 
@@ -128,11 +129,12 @@ def test_killed_and_resumed_fit_ends_exactly_like_an_uninterrupted_one(tmp_path:
     val_metrics = {k: v for k, v in reference_run.data.metrics.items() if k.startswith("val/")}
     assert "val/dice" in val_metrics and len(val_metrics) > 3
     assert {k: resumed_run.data.metrics[k] for k in val_metrics} == pytest.approx(val_metrics, abs=1e-6)
-    histories = []
-    for folder, run in ((reference, reference_run.info.run_id), (resumed, run_id)):
-        client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-        histories.append({m.step: m.value for m in client.get_metric_history(run, "val/dice")})
-    assert len(histories[0]) == 3 and histories[1] == pytest.approx(histories[0], abs=1e-6)  # same epochs, steps
+    for metric in ("val/dice", "train/loss"):  # every epoch, at the same steps (train/loss: the whole epoch's mean)
+        histories = []
+        for folder, run in ((reference, reference_run.info.run_id), (resumed, run_id)):
+            client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+            histories.append({m.step: m.value for m in client.get_metric_history(run, metric)})
+        assert len(histories[0]) == 3 and histories[1] == pytest.approx(histories[0], abs=1e-6), metric
 
     best = [p.name for p in (reference / "outputs").glob("*/*/checkpoints/best-*.ckpt")]
     assert best == [p.name for p in (resumed / "outputs").glob("*/*/checkpoints/best-*.ckpt")]
@@ -149,7 +151,6 @@ def one_thread():
 
 @pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = write_dataset(tmp_path / "data", n=13)
     metrics = []
     for name in ("first", "second"):
@@ -158,6 +159,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path: Path, monkeypatch
         config = fault_config(data)
         config["trainer"]["max_epochs"] = 2
         monkeypatch.chdir(folder)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the first fit exported its store
         assert main(["fit", "--config", str(write_config(folder / "fit.yaml", config))]) == 0
         metrics.append(the_run(folder).data.metrics)
     assert metrics[0]["val/dice"] > 0 and metrics[0].keys() == metrics[1].keys()

@@ -51,11 +51,9 @@ class ResumableCheckpoint(ModelCheckpoint):
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # nothing half-accumulated
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or not stepped:
             return  # the epoch's end is checkpointed after validation
-        every = self.last_every_n_train_steps
-        signum = self._stop_signal(trainer)
-        if (signum or (every and trainer.global_step % every == 0)) and not self._should_skip_saving_checkpoint(
-            trainer
-        ):
+        every, signum = self.last_every_n_train_steps, self._stop_signal(trainer)
+        due = bool(signum) or (every > 0 and trainer.global_step % every == 0)
+        if due and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if signum:
             self._interrupt(trainer, signum)

@@ -69,14 +69,16 @@ def resumable_run_id(path: str | Path, tracking_uri: str) -> str | None:
     return info["run_id"]
 
 
-def last_checkpoint_of_experiment(root: str | Path, experiment_name: str, tracking_uri: str) -> str | None:
+def last_checkpoint_of_experiment(
+    root: str | Path, experiment_name: str, tracking_uri: str, required: bool = False
+) -> str | None:
     """The newest ``<root>/<experiment id>/<run id>/checkpoints/last.ckpt`` of an MLflow experiment, or None.
 
     segpipe writes each run's checkpoints there; the newest file (by modification time) belongs to the run
-    that trained last, killed or not. None (warned) when the experiment has none: training starts afresh.
+    that trained last, killed or not. None (warned: a fit starts afresh) when the experiment has none.
 
     Raises:
-        SegpipeError: the tracking store cannot be read.
+        SegpipeError: the tracking store cannot be read, or no checkpoint exists and one is ``required``.
     """
     try:
         experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
@@ -88,16 +90,18 @@ def last_checkpoint_of_experiment(root: str | Path, experiment_name: str, tracki
     pattern = f"{experiment.experiment_id if experiment else '<id>'}/*/checkpoints/{LAST_FILE}"
     found = [path for path in Path(root).glob(pattern) if path.is_file()] if experiment else []
     newest = max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
-    return _resolved(newest, f"{Path(root) / pattern} (experiment {experiment_name!r})")
+    return _resolved(newest, f"{Path(root) / pattern} (experiment {experiment_name!r})", required)
 
 
-def last_checkpoint_in(folder: str | Path) -> str | None:
-    """``<folder>/last.ckpt`` if it exists, else None (warned)."""
+def last_checkpoint_in(folder: str | Path, required: bool = False) -> str | None:
+    """``<folder>/last.ckpt`` if it exists, else None (warned), or SegpipeError when one is ``required``."""
     path = Path(folder) / LAST_FILE
-    return _resolved(path if path.is_file() else None, str(path))
+    return _resolved(path if path.is_file() else None, str(path), required)
 
 
-def _resolved(path: Path | None, where: str) -> str | None:
+def _resolved(path: Path | None, where: str, required: bool) -> str | None:
+    if path is None and required:
+        raise SegpipeError(f"--ckpt_path last: no checkpoint at {where}")
     if path is None:
         rank_zero_warn(f"--ckpt_path last: no checkpoint at {where}; training starts from scratch")
         return None
