@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from test_cli import tiny_config, write_config
 
 from segpipe.callbacks import ResumableCheckpoint
@@ -204,3 +205,8 @@ def test_ckpt_path_last_is_required_outside_fit(workdir: Path, flat_dataset: Pat
     assert main(["test", "--config", str(config), "--ckpt_path", "last"]) == 2
     (error,) = errors_in(capsys.readouterr().err)
     assert error.startswith("segpipe: error: --ckpt_path last: no checkpoint at outputs/") and "'tests'" in error
+
+
+def test_checkpoints_of_a_plain_model_checkpoint_restore_into_resumable_checkpoint():
+    options = {"monitor": "val/dice", "mode": "max", "save_last": True}
+    assert ResumableCheckpoint(last_every_n_train_steps=5, **options).state_key == ModelCheckpoint(**options).state_key

@@ -43,6 +43,12 @@ class ResumableCheckpoint(ModelCheckpoint):
         self._sigint = False
         self._previous_sigint: Any = None
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key: a checkpoint written by a plain ModelCheckpoint (segpipe before this class)
+        # still restores its best and last paths.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     # ---- last.ckpt on schedule -------------------------------------------------------------------
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
