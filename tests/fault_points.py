@@ -1,12 +1,18 @@
-"""Run ``segpipe`` with a fault injected at an exact point (test_fault_tolerance starts it as a subprocess).
+"""Run ``segpipe`` processes with a fault injected at an exact point (for test_fault_tolerance).
 
-    python tests/fault_points.py <point> <segpipe arguments...>
+    python tests/fault_points.py <point> <segpipe arguments...>     one run, in this process
+    python tests/fault_points.py --serve                             many runs, one child process each
+
+``--serve`` reads one JSON request per line, ``{"cwd", "args", "fault", "stderr"}``, forks a child that
+runs ``segpipe <args>`` there (stderr to the file, the fault installed, or none), waits for it and
+answers ``{"returncode": ...}`` (negative: killed by that signal). segpipe and its libraries are
+imported once, before the forks, so each run does not pay for the imports again; the children are
+still separate processes that a SIGKILL ends at any point, as a user's ``segpipe fit`` would be.
 
 Points (N and E count from 0, as Lightning's global_step and current_epoch do):
     kill-at-step:N        SIGKILL as training step N + 1 starts (N optimiser steps done)
     kill-in-validation:E  SIGKILL in the second validation batch of epoch E (after its training batches)
     kill-in-write:N       SIGKILL halfway through writing the N-th ``last.ckpt`` of this process
-    term-at-step:N        send SIGTERM to this process as training step N + 1 starts
 
 The hooks wrap segpipe's own functions in this process only; the package has no test code in it.
 """
@@ -14,9 +20,11 @@ The hooks wrap segpipe's own functions in this process only; the package has no 
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 import torch
@@ -30,14 +38,12 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _at_step(step: int, action: Any) -> None:
+def _at_step(step: int) -> None:
     original = SegmentationTask.training_step
-    fired = []
 
     def training_step(self: SegmentationTask, batch: Any, batch_idx: int) -> Any:
-        if self.global_step == step and not fired:
-            fired.append(True)
-            action()
+        if self.global_step == step:
+            _kill()
         return original(self, batch, batch_idx)
 
     SegmentationTask.training_step = training_step
@@ -79,9 +85,7 @@ def install(point: str) -> None:
     name, _, value = point.partition(":")
     number = int(value)
     if name == "kill-at-step":
-        _at_step(number, _kill)
-    elif name == "term-at-step":
-        _at_step(number, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        _at_step(number)
     elif name == "kill-in-validation":
         _in_validation(number)
     elif name == "kill-in-write":
@@ -90,6 +94,39 @@ def install(point: str) -> None:
         raise SystemExit(f"unknown fault point {point!r}")
 
 
+def _run_child(request: dict[str, Any]) -> int:
+    with open(request["stderr"], "w") as stderr, open(os.devnull, "w") as stdout:
+        os.dup2(stderr.fileno(), 2)
+        os.dup2(stdout.fileno(), 1)  # the server's stdout carries the answers
+    os.chdir(request["cwd"])
+    if request.get("fault"):
+        install(request["fault"])
+    return main(request["args"])
+
+
+def serve() -> None:
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_child(request)
+            except SystemExit as err:
+                code = err.code if isinstance(err.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
 if __name__ == "__main__":
-    install(sys.argv[1])
-    sys.exit(main(sys.argv[2:]))
+    if sys.argv[1] == "--serve":
+        serve()
+    else:
+        install(sys.argv[1])
+        sys.exit(main(sys.argv[2:]))

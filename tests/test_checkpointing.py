@@ -186,7 +186,7 @@ def test_ckpt_path_last_is_the_newest_last_ckpt_of_the_configured_experiment(tmp
 def test_ctrl_c_asks_for_a_clean_stop_and_a_second_one_stops_at_once(capsys):
     callback, trainer = ResumableCheckpoint(), SimpleNamespace(received_sigterm=False, world_size=1)
     original = signal.getsignal(signal.SIGINT)
-    callback.on_fit_start(trainer, None)
+    callback.on_train_start(trainer, None)
     try:
         assert callback._stop_signal(trainer) == 0
         os.kill(os.getpid(), signal.SIGINT)  # handled between two bytecodes of this thread

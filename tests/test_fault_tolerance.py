@@ -1,14 +1,17 @@
 """Kill a real ``segpipe fit`` at several points, resume it each time with ``--ckpt_path last``: nothing changes.
 
 The reference trains 3 epochs uninterrupted. The same training is then killed with SIGKILL after a step
-checkpoint (mid-epoch), during validation and halfway through writing ``last.ckpt``, stopped with
-SIGTERM, and resumed after each; its final weights, optimiser state, validation metrics and curves equal
-the reference's, in one MLflow run. Faults are injected at exact points by tests/fault_points.py.
+checkpoint (mid-epoch), during validation and halfway through writing ``last.ckpt``, and resumed after
+each; its final weights, optimiser state, validation metrics and curves equal the reference's, in one
+MLflow run. Faults are injected at exact points by tests/fault_points.py. SIGTERM and SIGINT end a fit
+after the current step with a fresh ``last.ckpt``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from conftest import write_dataset
 from test_cli import tiny_config, write_config
 
 from segpipe.cli import main
+from segpipe.tasks import SegmentationTask
 
 FAULTS = Path(__file__).with_name("fault_points.py")
 STEPS_PER_EPOCH = 5  # 10 training cases, batch 2
@@ -42,21 +46,44 @@ def fault_config(data_root: Path) -> dict:
     return config
 
 
-def segpipe(workdir: Path, *args: str, fault: str | None = None) -> tuple[subprocess.Popen, Path]:
-    """Start ``segpipe <args>`` (through fault_points.py with a fault) in ``workdir``; stderr goes to a file."""
-    command = [sys.executable, str(FAULTS), fault] if fault else [sys.executable, "-m", "segpipe.cli"]
+def child_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(FAULTS.parent)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = workdir / f"stderr-{fault or 'run'}.txt"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([*command, *args], cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    return proc, log
+    return env
 
 
-def finish(started: tuple[subprocess.Popen, Path]) -> tuple[int, str]:
-    proc, log = started
-    proc.wait(timeout=600)
-    return proc.returncode, log.read_text()
+class Runs:
+    """``segpipe`` runs forked from one ``fault_points.py --serve`` process, which imports segpipe once."""
+
+    def __init__(self) -> None:
+        self.server = subprocess.Popen(
+            [sys.executable, str(FAULTS), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
+            text=True,
+        )
+
+    def __call__(self, workdir: Path, *args: str, fault: str | None = None) -> tuple[int, str]:
+        """Run ``segpipe <args>`` in ``workdir`` (with a fault) and return its exit code and stderr."""
+        log = workdir / f"stderr-{fault or 'run'}.txt"
+        request = {"cwd": str(workdir), "args": list(args), "fault": fault, "stderr": str(log)}
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        ready, _, _ = select.select([self.server.stdout], [], [], 600)
+        assert ready, f"segpipe {args} did not end within 600 s"
+        return json.loads(self.server.stdout.readline())["returncode"], log.read_text()
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=60)
+
+
+@pytest.fixture
+def runs():
+    started = Runs()
+    yield started
+    started.close()
 
 
 def last_checkpoint(workdir: Path) -> tuple[Path, dict]:
@@ -73,47 +100,43 @@ def the_run(workdir: Path) -> mlflow.entities.Run:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_fit_ends_exactly_like_an_uninterrupted_one(tmp_path: Path):
+def test_killed_and_resumed_fit_ends_exactly_like_an_uninterrupted_one(tmp_path: Path, runs: Runs):
     data = write_dataset(tmp_path / "data", n=13)  # 3 validation cases, 10 training cases
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for folder in (reference, resumed):
         folder.mkdir()
         write_config(folder / "fit.yaml", fault_config(data))
     fit = ("fit", "--config", "fit.yaml")
-    uninterrupted = segpipe(reference, *fit)  # alongside the interrupted one (two cores)
+    with open(reference / "stderr.txt", "w") as stderr:  # the plain command, alongside the others (two cores)
+        uninterrupted = subprocess.Popen(
+            [sys.executable, "-m", "segpipe.cli", *fit], cwd=reference, env=child_env(), stderr=stderr
+        )
 
     # SIGKILL as step 8 starts: last.ckpt is the step-6 checkpoint, in the middle of epoch 1.
-    code, _ = finish(segpipe(resumed, *fit, fault="kill-at-step:7"))
+    code, _ = runs(resumed, *fit, fault="kill-at-step:7")
     assert code == -signal.SIGKILL
     assert last_checkpoint(resumed)[1]["global_step"] == 6
     run_id = the_run(resumed).info.run_id
 
     # Resumed, then SIGKILL in epoch 1's validation: last.ckpt is the step-8 checkpoint.
-    code, _ = finish(segpipe(resumed, *fit, "--ckpt_path", "last", fault="kill-in-validation:1"))
+    code, _ = runs(resumed, *fit, "--ckpt_path", "last", fault="kill-in-validation:1")
     assert code == -signal.SIGKILL
     assert last_checkpoint(resumed)[1]["global_step"] == 8
 
     # Resumed, then SIGKILL halfway through writing last.ckpt at step 12: the step-10 file (end of epoch 1)
     # is intact, and the half-written temporary file is all that is left of the new one.
-    code, _ = finish(segpipe(resumed, *fit, "--ckpt_path", "last", fault="kill-in-write:2"))
+    code, _ = runs(resumed, *fit, "--ckpt_path", "last", fault="kill-in-write:2")
     assert code == -signal.SIGKILL
     path, checkpoint = last_checkpoint(resumed)
     assert checkpoint["global_step"] == 2 * STEPS_PER_EPOCH and checkpoint["epoch"] == 1
     assert len(list(path.parent.glob(".last.ckpt.*.tmp"))) == 1
 
-    # Resumed, then SIGTERM as step 13 starts: step 13 finishes, last.ckpt is written, exit 128 + 15.
-    code, stderr = finish(segpipe(resumed, *fit, "--ckpt_path", "last", fault="term-at-step:12"))
-    assert code == 128 + signal.SIGTERM, stderr[-2000:]
-    errors = [line for line in stderr.splitlines() if line.startswith("segpipe: error:")]
-    assert len(errors) == 1 and "stopped by SIGTERM at epoch 2, step 13" in errors[0], errors
+    # Resumed from the end of epoch 1, to the end.
+    code, stderr = runs(resumed, *fit, "--ckpt_path", "last")
+    assert code == 0, stderr[-2000:]
     assert "Traceback" not in stderr
-    assert last_checkpoint(resumed)[1]["global_step"] == 13
-    assert not list(path.parent.glob(".last.ckpt.*.tmp"))  # the next write removed the stale file
-
-    code, stderr = finish(segpipe(resumed, *fit, "--ckpt_path", "last"))
-    assert code == 0, stderr[-2000:]
-    code, stderr = finish(uninterrupted)
-    assert code == 0, stderr[-2000:]
+    assert not list(path.parent.glob(".last.ckpt.*.tmp"))  # the next write of last.ckpt removed the stale file
+    assert uninterrupted.wait(timeout=600) == 0, (reference / "stderr.txt").read_text()[-2000:]
 
     expected, got = last_checkpoint(reference)[1], last_checkpoint(resumed)[1]
     assert got["global_step"] == expected["global_step"] == 3 * STEPS_PER_EPOCH
@@ -164,3 +187,32 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path: Path, monkeypatch
         metrics.append(the_run(folder).data.metrics)
     assert metrics[0]["val/dice"] > 0 and metrics[0].keys() == metrics[1].keys()
     assert metrics[0] == metrics[1]  # exactly
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_ends_the_step_writes_last_ckpt_and_exits_128_plus_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = fault_config(write_dataset(tmp_path / "data", n=13))
+    config["checkpoint"]["last_every_n_train_steps"] = 0  # only the signal writes last.ckpt inside the epoch
+    original = SegmentationTask.training_step
+
+    def training_step(self: SegmentationTask, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.global_step == 2 and batch_idx == 2:
+            os.kill(os.getpid(), signum)  # as step 3 starts
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationTask, "training_step", training_step)
+    assert main(["fit", "--config", str(write_config(tmp_path / "fit.yaml", config))]) == 128 + signum
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("segpipe: error:")]
+    assert len(errors) == 1 and f"stopped by {signal.Signals(signum).name} at epoch 0, step 3; last " in errors[0]
+    path, checkpoint = last_checkpoint(tmp_path)
+    assert f"checkpoint: {path.relative_to(tmp_path)}; resume with --ckpt_path last" in errors[0]
+    assert checkpoint["global_step"] == 3 and checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "batches": 3, "batch_size": 2}
+    ]
+    assert the_run(tmp_path).info.status == "FAILED"  # until it is resumed
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the fit

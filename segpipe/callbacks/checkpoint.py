@@ -24,7 +24,7 @@ class ResumableCheckpoint(ModelCheckpoint):
       inside an epoch. Never at an epoch's last batch: Lightning resumes such a checkpoint at the next
       epoch, so that epoch's validation would be lost; a kill during validation resumes from the step
       before and replays the rest of the epoch.
-    - SIGTERM (a scheduler's notice; Lightning records it) or SIGINT (Ctrl+C, caught here during fit;
+    - SIGTERM (a scheduler's notice; Lightning records it) or SIGINT (Ctrl+C, caught here in training;
       a second one stops at once) ends training after the current step or validation: ``last.ckpt`` is
       written, then :class:`~segpipe.errors.TrainingInterrupted` is raised (exit code 128 + signal).
     - A model with a non-finite weight is never written: the previous file is kept.
@@ -89,7 +89,8 @@ class ResumableCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
     # ---- SIGTERM / SIGINT ------------------------------------------------------------------------
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not at fit start: Lightning saves every handler after that hook and puts them back at its teardown.
         self._sigint = False
         if threading.current_thread() is threading.main_thread():
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
