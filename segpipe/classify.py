@@ -7,10 +7,13 @@ segpipe fit --config configs/pretrained_unet.yaml --model.model_kwargs.encoder_w
 from __future__ import annotations
 
 import sys
+from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from segpipe.checkpointing import with_atomic_checkpoint_io
 from segpipe.data.classification import ClassificationFolderDataModule
 from segpipe.errors import SegpipeError
 from segpipe.tasks.classification import ClassificationTask
@@ -44,6 +47,10 @@ class ClassifyCLI(LightningCLI):
                 "trainer.default_root_dir": "outputs",
             }
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
+        return super().instantiate_trainer(**kwargs)
 
     def _check_classes(self) -> None:
         datamodule = self.datamodule

@@ -8,17 +8,20 @@ segpipe check-data <dataset folder | cases.csv | config.yaml>
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from segpipe.callbacks import PerformanceFlags
+from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
+from segpipe.checkpointing import LAST, check_checkpoint, check_writable, with_atomic_checkpoint_io
 from segpipe.data.folder import FolderDataModule
 from segpipe.data.volumes import VolumeDataModule
 from segpipe.distributed import is_local_zero
@@ -37,6 +40,7 @@ from segpipe.tracking import (
 )
 from segpipe.tracking.config import default_run_name
 from segpipe.tracking.logger import effective_tracking_uri
+from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
 
 DESCRIPTION = """\
 segpipe: semantic segmentation of medical images (U-Net, Dense-UNet, SegNet, FCN) on Lightning.
@@ -65,9 +69,11 @@ class SegpipeCLI(LightningCLI):
     """LightningCLI with segpipe's checkpointing, prediction writer, MLflow defaults and data checks."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults(
             {
+                # Each run has its own folder; a resumed run rewrites the same names (no "-v1" copies).
+                "checkpoint.enable_version_counter": False,
                 "checkpoint.monitor": "val/dice",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
@@ -86,6 +92,8 @@ class SegpipeCLI(LightningCLI):
         parser.add_lightning_class_args(LogBestModel, "model_logging")
         parser.add_lightning_class_args(RunIdInCheckpoint, "mlflow_run_id")
         parser.add_lightning_class_args(PerformanceFlags, "performance")
+        parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+        parser.add_lightning_class_args(RandomStateInCheckpoint, "random_state")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -93,15 +101,49 @@ class SegpipeCLI(LightningCLI):
             help="After fit, evaluate the best checkpoint on the test split (when it has cases).",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the checkpoint's hyperparameters: resolve `last`, refuse unsafe files.
+        config = self.config.get(str(self.config.get("subcommand")))
+        if config is None or not config.get("ckpt_path"):
+            return
+        if config.ckpt_path == LAST:
+            config.ckpt_path = self._last_checkpoint(config)
+        if config.ckpt_path:
+            check_checkpoint(config.ckpt_path)
+
+    def _last_checkpoint(self, config: Namespace) -> str | None:
+        """``--ckpt_path last`` (see segpipe.tracking.resume); with another logger, Lightning's own ``last``.
+
+        None (warned) for a first ``fit``; the other subcommands need a checkpoint.
+        """
+        required = self.config.subcommand != "fit"
+        if config.checkpoint.get("dirpath"):
+            return last_checkpoint_in(config.checkpoint.dirpath, required)
+        init_args = self._mlflow_init_args(config)
+        if init_args is None:
+            return LAST
+        root, uri = config.trainer.get("default_root_dir") or ".", effective_tracking_uri(init_args.tracking_uri)
+        return last_checkpoint_of_experiment(root, init_args.experiment_name, uri, required)
+
+    def _mlflow_init_args(self, config: Namespace) -> Namespace | None:
+        """The configured logger's init_args when it is segpipe's MLflowLogger (or a subclass), else None."""
+        logger = config.trainer.get("logger")
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            return None
+        module, _, name = str(logger.class_path).rpartition(".")
+        logger_class = getattr(importlib.import_module(module), name, None) if module else None
+        return init_args if isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger) else None
+
     def before_instantiate_classes(self) -> None:
         # Name the MLflow run after its network unless the config names it; resume into the run stored in
         # the checkpoint (fit continues it, test reports into it).
         if self.subcommand not in ("fit", "test"):
             return
         config = self.config[self.subcommand]
-        ckpt_path, logger = config.get("ckpt_path"), config.trainer.get("logger")
-        init_args = getattr(logger, "init_args", None)
-        if init_args is None or not _is_mlflow_logger(str(logger.class_path)):
+        ckpt_path, init_args = config.get("ckpt_path"), self._mlflow_init_args(config)
+        if init_args is None:
             return
         if init_args.get("run_name") is None:
             model = config.model
@@ -116,6 +158,7 @@ class SegpipeCLI(LightningCLI):
         # Prediction logs nothing: do not open an empty MLflow run for it.
         if self.subcommand == "predict":
             kwargs["logger"] = False
+        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:
@@ -136,6 +179,9 @@ class SegpipeCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_data("fit")
+        output = self.config["fit"].checkpoint.get("dirpath") or self.trainer.default_root_dir
+        if "://" not in str(output):
+            check_writable(output)
 
     def before_validate(self) -> None:
         self._check_data("validate")
@@ -163,12 +209,6 @@ class SegpipeCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
 
 
-def _is_mlflow_logger(class_path: str) -> bool:
-    module, _, name = class_path.rpartition(".")
-    logger_class = getattr(importlib.import_module(module), name, None) if module else None
-    return isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger)
-
-
 def run_cli(args: list[str] | None = None) -> SegpipeCLI:
     return SegpipeCLI(
         SegmentationTask,
@@ -193,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         run_cli(argv)
     except SegpipeError as err:
         print(f"segpipe: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
+    except SIGTERMException:  # Lightning's stop at an epoch's end; ResumableCheckpoint wrote last.ckpt
+        print("segpipe: error: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
 
 

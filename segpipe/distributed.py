@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator, Sized
 
 import lightning.pytorch as pl
+import numpy as np
 from torch.utils.data import DistributedSampler, Sampler
 
 
@@ -31,18 +32,59 @@ class UnrepeatedDistributedSampler(DistributedSampler):
         return self.num_samples
 
 
-def training_sampler(dataset: Sized, trainer: pl.Trainer | None) -> DistributedSampler:
+class SampleIndex(int):
+    """A dataset index that carries the seed of its sample's random augmentation (``.seed``)."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SampleIndex:
+        value = super().__new__(cls, index)
+        value.seed = seed
+        return value
+
+    def __reduce__(self) -> tuple[type[SampleIndex], tuple[int, int]]:  # to DataLoader workers and back
+        return type(self), (int(self), self.seed)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of case ``index`` in ``epoch`` of a run seeded with ``seed`` (32 bits)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
+
+
+class TrainingSampler(DistributedSampler):
+    """A seeded permutation per epoch whose indices carry per-sample augmentation seeds; resumable mid-epoch.
+
+    Each index is a :class:`SampleIndex` seeded from (run seed, epoch, index), so a case's augmentation in an
+    epoch does not depend on the number of processes or DataLoader workers, nor on where a run was
+    interrupted and resumed. ``skip`` drops the first indices of the next pass only: a resumed epoch
+    continues where its checkpoint was written (see :class:`segpipe.data.resumable.ResumableDataLoader`).
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[SampleIndex]:
+        skip, self.skip = self.skip, 0
+        indices, epoch = list(super().__iter__())[skip:], self.epoch
+        return (SampleIndex(i, sample_seed(self.seed, epoch, i)) for i in indices)
+
+
+def run_seed() -> int:
+    """The run's seed, as ``seed_everything`` exported it (0 without one; the CLI always sets one)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def training_sampler(dataset: Sized, trainer: pl.Trainer | None) -> TrainingSampler:
     """The training sampler on one process or several: a permutation seeded by the run's seed.
 
     Rank ``r`` of ``W`` reads ``perm[r::W]`` (Lightning's own choice for DDP), so the ranks' ``k``-th
     batches of ``b`` cases together are the ``k``-th batch of a 1-process run with batch ``W x b``:
-    the same seed gives the same global batches whatever the number of processes. Without
-    ``seed_everything`` (the CLI always sets one) the seed is 0. Lightning calls ``set_epoch``, so each
-    epoch has its own permutation.
+    the same seed gives the same global batches, and the same augmentations, whatever the number of
+    processes. Lightning calls ``set_epoch``, so each epoch has its own permutation.
     """
     world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return TrainingSampler(dataset, num_replicas=world_size, rank=rank, seed=run_seed())
 
 
 def evaluation_sampler(dataset: Sized, trainer: pl.Trainer | None) -> UnrepeatedDistributedSampler | None:

@@ -1,5 +1,15 @@
 """Optional behaviour of a run, as Lightning callbacks."""
 
+from segpipe.callbacks.checkpoint import ResumableCheckpoint
+from segpipe.callbacks.nonfinite import NonFiniteGuard
 from segpipe.callbacks.performance import PerformanceFlags, effective_batch_size, scaling_statement
+from segpipe.callbacks.random_state import RandomStateInCheckpoint
 
-__all__ = ["PerformanceFlags", "effective_batch_size", "scaling_statement"]
+__all__ = [
+    "NonFiniteGuard",
+    "PerformanceFlags",
+    "RandomStateInCheckpoint",
+    "ResumableCheckpoint",
+    "effective_batch_size",
+    "scaling_statement",
+]

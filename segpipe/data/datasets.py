@@ -61,16 +61,23 @@ class SegmentationDataset(Dataset):
             self._cached[index] = (image, mask)
         return image, mask
 
-    def _seed_worker(self) -> None:
+    def _seed_transform(self, index: int) -> None:
         # albumentations draws from its own generator, not torch's: seed it once per process from the
-        # torch seed that Lightning's seed_everything(workers=True) gives each worker.
-        if self.transform is not None and self._seeded_pid != os.getpid():
+        # torch seed that Lightning's seed_everything(workers=True) gives each worker, and per sample when
+        # the index carries a seed (TrainingSampler: the same augmentation on any number of workers or
+        # processes, and after a resume).
+        if self.transform is None:
+            return
+        if self._seeded_pid != os.getpid():
             self.transform.set_random_seed(torch.initial_seed() % 2**32)
             cv2.setNumThreads(0)
             self._seeded_pid = os.getpid()
+        seed = getattr(index, "seed", None)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        self._seed_worker()
+        self._seed_transform(index)
         image, mask = self._load(index)
         shift, scale = normalization_stats(image, self.normalization, self.mean, self.std)
         if self.transform is not None:

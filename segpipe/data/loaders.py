@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segpipe.data.resumable import ResumableDataLoader
 from segpipe.distributed import loader_sampling
 
 
@@ -57,7 +58,8 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         """The DataLoader of ``split``; ``shuffle`` for training (seeded, rank-sharded)."""
         dataset = self.datasets[split]
         sampler, drop_last = loader_sampling(dataset, self.trainer, split, batch_size, shuffle)
-        return DataLoader(
+        # Training resumes mid-epoch where its checkpoint was written; evaluation always runs whole.
+        return (ResumableDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,

@@ -10,12 +10,15 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import MeanMetric
 
 from segpipe.inference.tta import flip_averaged, tta_axes
 from segpipe.losses import LossName, SegmentationLoss
 from segpipe.metrics import OverlapScores
 from segpipe.models import build_model
 from segpipe.tasks.param_groups import param_groups
+
+TRAIN_LOSS_KEY = "train_loss_running_mean"
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -95,6 +98,7 @@ class SegmentationTask(pl.LightningModule):
         self.criterion = SegmentationLoss(
             loss, num_classes, class_weights, ignore_index, lambda_dice=lambda_dice, lambda_ce=lambda_ce
         )
+        self.train_loss = MeanMetric()
         self.val_scores = OverlapScores(num_classes, ignore_index)
         self.test_scores = OverlapScores(num_classes, ignore_index)
 
@@ -135,8 +139,26 @@ class SegmentationTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        # The epoch's mean is a metric so that a checkpoint written mid-epoch carries it (on_save_checkpoint).
+        # A non-finite loss enters with weight 0: a batch that NonFiniteGuard skips stays out of the mean.
+        value, finite = loss.detach(), torch.isfinite(loss.detach())
+        self.train_loss.update(torch.where(finite, value, 0.0), finite * len(batch["image"]))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Mid-epoch, the epoch's running train/loss, so that a resumed epoch logs the whole epoch's mean.
+        if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            checkpoint[TRAIN_LOSS_KEY] = {
+                "sum": self.train_loss.mean_value.cpu(),
+                "weight": self.train_loss.weight.cpu(),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        running = checkpoint.get(TRAIN_LOSS_KEY)
+        if running is not None and self.trainer.world_size == 1:  # on N processes it holds rank 0's part only
+            device = self.train_loss.mean_value.device
+            self.train_loss.mean_value, self.train_loss.weight = running["sum"].to(device), running["weight"].to(device)
 
     def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> torch.Tensor:
         logits = self.infer(batch["image"])

@@ -4,6 +4,9 @@
 ``segpipe fit --ckpt_path <ckpt>`` reads it back (:func:`resumable_run_id`) before the trainer and its
 logger exist and hands it to the logger, so metrics continue in the same run at the checkpoint's step,
 also after the process was killed.
+
+``--ckpt_path last`` names the most recently written ``last.ckpt`` of the configured experiment
+(:func:`last_checkpoint_of_experiment`), or ``<checkpoint.dirpath>/last.ckpt`` when a fixed folder is set.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mlflow import MlflowClient
 
+from segpipe.checkpointing import safe_load
+from segpipe.errors import SegpipeError
 from segpipe.tracking.logger import mlflow_logger
 
 CHECKPOINT_KEY = "mlflow"
+LAST_FILE = "last.ckpt"
 
 
 class RunIdInCheckpoint(Callback):
@@ -38,8 +43,12 @@ class RunIdInCheckpoint(Callback):
 
 
 def run_info_from_checkpoint(path: str | Path) -> dict[str, str] | None:
-    """The ``mlflow`` entry of a checkpoint file (None if absent); only tensors and plain types are loaded."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The ``mlflow`` entry of a checkpoint file (None if absent); only tensors and plain types are loaded.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or holds pickled objects.
+    """
+    checkpoint = safe_load(path)
     info = checkpoint.get(CHECKPOINT_KEY)
     return dict(info) if isinstance(info, dict) and info.get("run_id") else None
 
@@ -58,3 +67,43 @@ def resumable_run_id(path: str | Path, tracking_uri: str) -> str | None:
         )
         return None
     return info["run_id"]
+
+
+def last_checkpoint_of_experiment(
+    root: str | Path, experiment_name: str, tracking_uri: str, required: bool = False
+) -> str | None:
+    """The newest ``<root>/<experiment id>/<run id>/checkpoints/last.ckpt`` of an MLflow experiment, or None.
+
+    segpipe writes each run's checkpoints there; the newest file (by modification time) belongs to the run
+    that trained last, killed or not. None (warned: a fit starts afresh) when the experiment has none.
+
+    Raises:
+        SegpipeError: the tracking store cannot be read, or no checkpoint exists and one is ``required``.
+    """
+    try:
+        experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
+    except Exception as err:  # MLflow raises MlflowException, requests and sqlalchemy errors alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SegpipeError(
+            f"--ckpt_path last: cannot read experiment {experiment_name!r} at {tracking_uri}: {first}"
+        ) from None
+    pattern = f"{experiment.experiment_id if experiment else '<id>'}/*/checkpoints/{LAST_FILE}"
+    found = [path for path in Path(root).glob(pattern) if path.is_file()] if experiment else []
+    newest = max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
+    return _resolved(newest, f"{Path(root) / pattern} (experiment {experiment_name!r})", required)
+
+
+def last_checkpoint_in(folder: str | Path, required: bool = False) -> str | None:
+    """``<folder>/last.ckpt`` if it exists, else None (warned), or SegpipeError when one is ``required``."""
+    path = Path(folder) / LAST_FILE
+    return _resolved(path if path.is_file() else None, str(path), required)
+
+
+def _resolved(path: Path | None, where: str, required: bool) -> str | None:
+    if path is None and required:
+        raise SegpipeError(f"--ckpt_path last: no checkpoint at {where}")
+    if path is None:
+        rank_zero_warn(f"--ckpt_path last: no checkpoint at {where}; training starts from scratch")
+        return None
+    rank_zero_info(f"segpipe: --ckpt_path last is {path}")
+    return str(path)

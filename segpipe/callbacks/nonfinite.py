@@ -1,0 +1,90 @@
+"""Stop training, or skip the batch, when the training loss is NaN or infinite."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from segpipe.errors import NonFiniteLossError
+
+SKIPPED_METRIC = "train/nonfinite_skipped"
+
+
+class NonFiniteGuard(pl.Callback):
+    """Check every training loss after the forward pass, before backward and the optimiser step.
+
+    The weights never take a non-finite update, so no checkpoint (``last.ckpt``, best) holds one.
+
+    Args:
+        on_nonfinite: ``stop``: raise :class:`~segpipe.errors.NonFiniteLossError` naming the epoch and step
+            (``segpipe fit`` exits with code 3); the checkpoints on disk are those of the last good step.
+            ``skip``: drop the batch (no backward, no optimiser step) with a warning, and log the running
+            count of skipped batches as ``train/nonfinite_skipped`` at each epoch's end.
+
+    On several processes the decision is shared: one rank's non-finite loss stops or skips on all of them.
+    """
+
+    def __init__(self, on_nonfinite: Literal["stop", "skip"] = "stop") -> None:
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.skipped = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Lightning skips backward and the optimiser step (also under AMP's GradScaler) only when
+        # training_step returns None, and no callback hook sits between the loss and backward that could
+        # veto the step; so the module's training_step is wrapped for the fit, and restored at teardown.
+        if stage != "fit" or "training_step" in vars(pl_module):
+            return
+        original: Callable[..., Any] = pl_module.training_step
+
+        @functools.wraps(original)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return self._check(trainer, original(*args, **kwargs))
+
+        pl_module.training_step = guarded  # type: ignore[method-assign]
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and "training_step" in vars(pl_module):
+            del pl_module.training_step
+
+    def _check(self, trainer: pl.Trainer, output: Any) -> Any:
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        if not isinstance(loss, torch.Tensor):
+            return output
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return output
+        value = float(loss.detach().float().mean()) if loss.numel() else math.nan
+        where = (
+            f"at epoch {trainer.current_epoch}, step {trainer.global_step} "
+            f"(batch {trainer.fit_loop.epoch_loop.batch_idx + 1} of {trainer.num_training_batches})"
+        )
+        if self.on_nonfinite == "stop":
+            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({value}) {where}: training stopped before the optimiser step; last "
+                f"good checkpoint: {last}; lower the learning rate, check the data, or set "
+                "--nan_guard.on_nonfinite skip"
+            )
+        self.skipped += 1
+        rank_zero_warn(f"non-finite training loss ({value}) {where}: batch skipped ({self.skipped} so far)")
+        return None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.on_nonfinite == "skip":
+            pl_module.log(SKIPPED_METRIC, float(self.skipped), on_epoch=True, reduce_fx="max")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
