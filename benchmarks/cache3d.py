@@ -1,10 +1,11 @@
 """3D training epoch time without a cache, with the disk cache and with the memory cache, on the same volumes.
 
     uv run python benchmarks/cache3d.py [--cases 16] [--shape 128 128 64] [--epochs 4] [--workers 0]
-        [--patch 32 32 16] [--samples 1] [--base-channels 4] [--accelerator cpu]
+        [--patch 32 32 16] [--samples 1] [--base-channels 4] [--accelerator cpu] [--uniform-spacing]
 
 Writes ``--cases`` noisy NIfTI volumes (``.nii.gz``: float32 image, uint8 label with a few spheres) to a
-temporary folder, then trains the same small 3D U-Net (depth 2) on ``--patch`` patches (``--samples`` per
+temporary folder, with voxel sizes that vary between cases as they do between scanners (so that the
+preprocessing resamples every case to the median spacing; ``--uniform-spacing`` gives all the same size), then trains the same small 3D U-Net (depth 2) on ``--patch`` patches (``--samples`` per
 volume, 2 volumes per step) for ``--epochs`` epochs with ``cache: none``, ``disk`` and ``memory``, in this
 process (Trainer + VolumeDataModule, no validation). For each it times the preparation (``prepare_data``
 + ``setup``: where the disk cache is written and the memory cache filled), the first training epoch, the
@@ -12,24 +13,20 @@ mean of the later ones and the part of those spent waiting for batches (the data
 ``--workers 0``). ``disk (next run)`` is a second run on the cache the first disk run left, which is what
 every later run of a dataset pays. The model is kept small so that reading the volumes is a real share
 of an epoch, as it is when a GPU trains; on a CPU the network's steps bound the epoch ratio, the data
-ratio shows the cache's own gain. A section "## Cache: 3D epoch time" is appended to docs/benchmarks.md.
+ratio shows the cache's own gain. Rows are appended under "## Cache: 3D epoch time" in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-from ddp_cpu import cpu_model  # benchmarks/ is the script's folder, first on sys.path
+from _record import append_row, command_line, machine_description  # benchmarks/ is first on sys.path
 
 from segpipe.data import VolumeDataModule
 from segpipe.data.io3d import write_label, write_volume
@@ -37,7 +34,17 @@ from segpipe.tasks import SegmentationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Cache: 3D epoch time"
-AFFINE = np.diag([0.8, 0.8, 1.5, 1.0])
+TABLE_HEADER = (
+    "| date | machine | command | data and model | cache | preparation s | epoch 1 s | later epochs s "
+    "| of which data s | later vs none | data vs none |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+INTRO = (
+    "`benchmarks/cache3d.py`: the same 3D training without a cache, with the disk cache (first run, which "
+    "writes it, and a later run, which only reads it) and with the memory cache. 'of which data' is the time "
+    "the loop waited for batches; 'later vs none' compares epochs after the first."
+)
+SPACING = (0.8, 0.8, 1.5)  # mm, every case's with --uniform-spacing
 
 
 class EpochTimes(pl.Callback):
@@ -66,7 +73,16 @@ class EpochTimes(pl.Callback):
         self.epochs.append(time.perf_counter() - self.epoch_start)
 
 
-def write_cases(root: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> None:
+def case_spacing(rng: np.random.Generator, uniform: bool) -> tuple[float, float, float]:
+    """The voxel size of one case: :data:`SPACING`, or drawn as scanners and protocols vary (in-plane
+    0.6-1.0 mm, slices 1-3 mm), so that preprocessing resamples each case to the median."""
+    if uniform:
+        return SPACING
+    in_plane = float(rng.uniform(0.6, 1.0))
+    return in_plane, in_plane, float(rng.uniform(1.0, 3.0))
+
+
+def write_cases(root: Path, n: int, shape: tuple[int, int, int], uniform: bool, seed: int = 0) -> None:
     """``root/images/case_XXX.nii.gz`` and ``root/labels/case_XXX.nii.gz``: spheres of 2 classes in noise."""
     rng = np.random.default_rng(seed)
     grid = np.indices(shape, dtype=np.float32)
@@ -78,8 +94,9 @@ def write_cases(root: Path, n: int, shape: tuple[int, int, int], seed: int = 0) 
             inside = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) < radius**2
             label[inside] = rng.integers(1, 3)
         image = (100.0 + 60.0 * label + rng.normal(0, 20, shape)).astype(np.float32)
-        write_volume(root / "images" / f"case_{i:03d}.nii.gz", image, AFFINE)
-        write_label(root / "labels" / f"case_{i:03d}.nii.gz", label, AFFINE)
+        affine = np.diag([*case_spacing(rng, uniform), 1.0])
+        write_volume(root / "images" / f"case_{i:03d}.nii.gz", image, affine)
+        write_label(root / "labels" / f"case_{i:03d}.nii.gz", label, affine)
 
 
 def run(data: Path, cache: str, cache_dir: Path, args: argparse.Namespace) -> EpochTimes:
@@ -125,18 +142,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1, help="patches per volume")
     parser.add_argument("--base-channels", type=int, default=4, help="U-Net width")
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
+    parser.add_argument(
+        "--uniform-spacing",
+        action="store_true",
+        help=f"every case {SPACING} mm, so nothing is resampled (default: spacings vary, resampled to the median)",
+    )
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/benchmarks.md")
     parser.add_argument("--note", default="", help="free text for the table (e.g. machine load)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is reported apart)")
-    command = "uv run python benchmarks/cache3d.py " + shlex.join(sys.argv[1:])
-    threads = torch.get_num_threads()
-    machine = f"{cpu_model()}, {os.cpu_count()} cores ({threads} torch threads), torch {torch.__version__}"
     shape = tuple(args.shape)
     results: dict[str, EpochTimes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data, cache_dir = Path(tmp) / "data", Path(tmp) / "cache"
-        write_cases(data, args.cases, shape)
+        write_cases(data, args.cases, shape, args.uniform_spacing)
         megabytes = sum(p.stat().st_size for p in data.rglob("*.nii.gz")) / 2**20
         for name, cache in (("none", "none"), ("disk (first run)", "disk"), ("disk (next run)", "disk")):
             results[name] = run(data, cache, cache_dir, args)
@@ -144,36 +164,28 @@ def main() -> None:
         cached = sum(p.stat().st_size for p in cache_dir.rglob("*.npz")) / 2**20
     baseline = float(np.mean(results["none"].epochs[1:]))
     baseline_wait = float(np.mean(results["none"].waits[1:]))
-    header = (
-        "| date | cache | preparation s | epoch 1 s | later epochs s | of which data s | later vs none "
-        "| data vs none | machine | note |"
+    size, patch = "x".join(map(str, shape)), "x".join(map(str, args.patch))
+    spacing = f"{SPACING} mm" if args.uniform_spacing else "varied spacing, resampled to the median"
+    setup = (
+        f"{args.cases} x {size}, {spacing}, {megabytes:.0f} MiB .nii.gz ({cached:.0f} MiB cached); "
+        f"U-Net depth 2 base {args.base_channels}, {args.samples} x {patch} per volume, 2 volumes per step, "
+        f"{args.workers} workers, {args.accelerator}"
     )
     rows = []
     for name, timer in results.items():
         later, wait = float(np.mean(timer.epochs[1:])), float(np.mean(timer.waits[1:]))
         rows.append(
-            f"| {dt.date.today()} | {name} | {timer.preparation:.2f} | {timer.epochs[0]:.2f} | {later:.2f} | "
-            f"{wait:.2f} | {baseline / later:.1f}x | {baseline_wait / wait:.1f}x | {machine} | {args.note} |"
+            f"| {dt.date.today()} | {machine_description()} | `{command_line()}` | {setup} | {name} | "
+            f"{timer.preparation:.2f} | {timer.epochs[0]:.2f} | {later:.2f} | {wait:.2f} | {baseline / later:.1f}x | "
+            f"{baseline_wait / wait:.1f}x |"
         )
-    print(header)
-    print("\n".join(rows))
+    print(TABLE_HEADER + "\n".join(rows))
     speedup = baseline / float(np.mean(results["disk (next run)"].epochs[1:]))
     verdict = "met" if speedup >= 5 else "not met"
     print(f"disk cache: {speedup:.1f}x faster epochs after the first (target >= 5x: {verdict})")
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    size, patch = "x".join(map(str, shape)), "x".join(map(str, args.patch))
-    patches = f"{args.samples} patch{'es' if args.samples > 1 else ''} of {patch}"
-    setup = (
-        f"{args.cases} volumes of {size} voxels (.nii.gz, {megabytes:.0f} MiB; disk cache {cached:.0f} MiB of "
-        f"uncompressed .npz), 3D U-Net depth 2 base {args.base_channels}, {patches} per volume, 2 volumes per "
-        f"step, {args.accelerator}, {args.workers} DataLoader workers, {args.epochs} epochs, no validation"
-    )
-    text = text.rstrip("\n") + (
-        f"\n\n{HEADING}\n\n{setup}. Command: `{command}`\n\n"
-        f"{header}\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-    )
-    path.write_text(text)
+    if not args.no_record:
+        for row in rows:
+            append_row(HEADING, TABLE_HEADER, row, INTRO)
 
 
 if __name__ == "__main__":

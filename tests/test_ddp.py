@@ -78,6 +78,9 @@ def test_slurm_variables_of_the_sbatch_example_give_lightning_its_ranks(monkeypa
     slurm |= {"JOB_ID": "42", "JOB_NAME": "segpipe", "NODELIST": "gpu[07-08]"}
     for key, value in slurm.items():
         monkeypatch.setenv(f"SLURM_{key}", value)
+    for exported in ("MASTER_ADDR", "MASTER_PORT"):  # SLURMEnvironment exports them: undone after the test
+        monkeypatch.setenv(exported, "")
+        monkeypatch.delenv(exported)
     # The Trainer sets the process-wide rank of rank_zero_only (to 5): restore it, or later tests warn nothing.
     monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     trainer = Trainer(accelerator="cpu", devices=4, num_nodes=2, strategy="ddp", logger=False)
@@ -143,8 +146,12 @@ def ddp_config(data_root: Path, experiment: str) -> dict:
 
 
 def launch_env(workdir: Path) -> dict[str, str]:
+    # The processes meet on this machine whatever the environment says (a cluster's MASTER_ADDR, or one
+    # an earlier test's SLURMEnvironment exported).
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
     return {
-        **os.environ,
+        **inherited,
+        "MASTER_ADDR": "127.0.0.1",
         "OMP_NUM_THREADS": "1",
         "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
         "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
