@@ -13,6 +13,7 @@ written by the ``DevicePeak`` callback at the end of fit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -27,8 +28,6 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contextlib
-
 from _record import ROOT, append_row, command_line, machine_description
 
 HEADING = "## Memory: peak host and device memory of segpipe fit"
