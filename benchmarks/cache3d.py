@@ -5,15 +5,16 @@
 
 Writes ``--cases`` noisy NIfTI volumes (``.nii.gz``: float32 image, uint8 label with a few spheres) to a
 temporary folder, with voxel sizes that vary between cases as they do between scanners (so that the
-preprocessing resamples every case to the median spacing; ``--uniform-spacing`` gives all the same size), then trains the same small 3D U-Net (depth 2) on ``--patch`` patches (``--samples`` per
-volume, 2 volumes per step) for ``--epochs`` epochs with ``cache: none``, ``disk`` and ``memory``, in this
-process (Trainer + VolumeDataModule, no validation). For each it times the preparation (``prepare_data``
-+ ``setup``: where the disk cache is written and the memory cache filled), the first training epoch, the
-mean of the later ones and the part of those spent waiting for batches (the data pipeline, when
-``--workers 0``). ``disk (next run)`` is a second run on the cache the first disk run left, which is what
-every later run of a dataset pays. The model is kept small so that reading the volumes is a real share
-of an epoch, as it is when a GPU trains; on a CPU the network's steps bound the epoch ratio, the data
-ratio shows the cache's own gain. Rows are appended under "## Cache: 3D epoch time" in docs/benchmarks.md.
+preprocessing resamples every case to the median spacing; ``--uniform-spacing`` gives all the same size), then
+trains the same small 3D U-Net (depth 2) on ``--patch`` patches (``--samples`` per volume, 2 volumes per step)
+for ``--epochs`` epochs with ``cache: none``, ``disk`` and ``memory``, in this process (Trainer +
+VolumeDataModule, no validation). For each it times the preparation (``prepare_data`` + ``setup``: where the
+disk cache is written and the memory cache filled), the first training epoch, the mean of the later ones and the
+part of those spent waiting for batches (the data pipeline, when ``--workers 0``). ``disk (next run)`` is a
+second run on the cache the first disk run left, which is what every later run of a dataset pays. The model is
+kept small so that reading the volumes is a real share of an epoch, as it is when a GPU trains; on a CPU the
+network's steps bound the epoch ratio, the data ratio shows the cache's own gain. Rows are appended under "##
+Cache: 3D epoch time" in docs/benchmarks.md.
 """
 
 from __future__ import annotations
