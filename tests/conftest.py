@@ -63,3 +63,13 @@ def split_dataset(tmp_path: Path) -> Path:
     for i, split in enumerate(("train", "val", "test")):
         write_dataset(root / split, n=8 if split == "train" else 3, seed=i)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    """``Trainer(deterministic=True)`` sets ``torch.use_deterministic_algorithms`` for the whole process."""
+    import torch  # here, not at the top: OMP_NUM_THREADS above must be set before torch is imported
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)

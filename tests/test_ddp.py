@@ -23,6 +23,7 @@ from segpipe.cli import main
 from segpipe.data import FolderDataModule
 from segpipe.data.classification import ClassificationFolderDataModule
 from segpipe.distributed import (
+    TrainingSampler,
     UnrepeatedDistributedSampler,
     evaluation_sampler,
     is_local_zero,
@@ -65,9 +66,10 @@ def test_classification_loaders_use_the_ddp_samplers(tmp_path: Path, monkeypatch
     val = datamodule.val_dataloader()  # 2 images per class: 4
     assert isinstance(val.sampler, UnrepeatedDistributedSampler) and list(val.sampler) == [0, 2]
     train = datamodule.train_dataloader()  # 6 images: 3 per rank, batches of 2, the ragged one dropped
-    assert type(train.sampler) is DistributedSampler and train.drop_last
+    assert type(train.sampler) is TrainingSampler and train.drop_last
     assert (train.sampler.num_replicas, train.sampler.rank, train.sampler.seed) == (2, 0, 5)
     assert list(train.sampler) == list(training_sampler(datamodule.datasets["train"], trainer))
+    assert len(list(train.sampler)) == 3 and len(train) == 1
     for loader in (val, train):
         assert not trainer._data_connector._requires_distributed_sampler(loader)  # Lightning keeps it
 

@@ -206,6 +206,43 @@ def test_max_unpool_puts_values_at_argmax_positions(shape):
     assert (flat_r[mask] == flat_x[mask]).all()
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 5, 7, 9)])
+def test_deterministic_unpool_matches_the_pytorch_kernel_in_values_and_gradients(shape):
+    # trainer.deterministic: true switches MaxUnpool to a scatter, since PyTorch's kernel refuses to run.
+    spatial_dims = len(shape) - 2
+    pooled, indices, size = MaxPoolWithIndices(spatial_dims)(torch.randn(shape))
+    unpool = MaxUnpool(spatial_dims)
+    results = []
+    for deterministic in (False, True):
+        x = pooled.detach().clone().requires_grad_()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            out = unpool(x, indices, size)
+            (out * torch.arange(out.numel()).reshape(out.shape)).sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
+        results.append((out.detach(), x.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)
+    assert results[0][0].count_nonzero() == pooled.count_nonzero()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_segnet_trains_under_deterministic_algorithms(spatial_dims):
+    torch.manual_seed(0)
+    model = SegNet(spatial_dims, 1, 2, base_channels=2)
+    x = torch.randn(2, 1, *(9,) * spatial_dims)
+    reference = model(x)
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = model(x)
+        out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(out, reference)
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters())
+
+
 def test_segnet_decoder_unpools_with_encoder_indices():
     model = SegNet(2, 1, 2, base_channels=4).eval()
     pool_indices, unpool_indices = [], []

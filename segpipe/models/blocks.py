@@ -370,7 +370,23 @@ class MaxUnpool(nn.Module):
         self.unpool = cls(kernel_size, stride)
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: tuple[int, ...]) -> torch.Tensor:
+        if torch.are_deterministic_algorithms_enabled():
+            return scatter_unpool(x, indices, output_size)
         return self.unpool(x, indices, output_size=output_size)
+
+
+def scatter_unpool(x: torch.Tensor, indices: torch.Tensor, output_size: tuple[int, ...]) -> torch.Tensor:
+    """Max-unpooling as a scatter into a zero tensor: the same values as ``F.max_unpool2d/3d``.
+
+    Hand-written because PyTorch's max-unpooling kernels refuse to run under
+    ``torch.use_deterministic_algorithms(True)`` (what ``trainer.deterministic: true`` sets), even
+    though non-overlapping pooling windows give every value its own target; ``Tensor.scatter`` with
+    unique indices is deterministic on every device.
+    """
+    batch, channels = x.shape[:2]
+    out = x.new_zeros(batch, channels, math.prod(output_size))
+    out = out.scatter(2, indices.reshape(batch, channels, -1), x.reshape(batch, channels, -1))
+    return out.reshape(batch, channels, *output_size)
 
 
 def bilinear_kernel(spatial_dims: int, kernel_size: int) -> torch.Tensor:
