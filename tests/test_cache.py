@@ -16,8 +16,9 @@ from test_volumes import AFFINE, blob_case, write_volumes
 
 import segpipe.data.volume_cases as volume_cases
 from segpipe.data import VolumeDataModule
-from segpipe.data.cache import META_KEY, CachedVolumeDataset, VolumeCache
+from segpipe.data.cache import META_KEY, VolumeCache
 from segpipe.data.io3d import write_volume
+from segpipe.data.sampled import PreprocessedVolumeDataset
 from segpipe.errors import DataError
 
 
@@ -221,7 +222,7 @@ def test_two_workers_reading_one_case_concurrently_write_it_once(data: Path, tmp
     # Each case twice in a row: worker 0 reads item 2k and worker 1 item 2k + 1, so on a cold cache both
     # miss the same entry at the same time.
     order = [case for case in cases for _ in range(2)] * 2
-    dataset = CachedVolumeDataset(order, cache, preprocess, dm.after_preprocessing(train=False))
+    dataset = PreprocessedVolumeDataset(order, preprocess, dm.after_preprocessing(train=False), cache)
     for epoch in range(2):  # cold, then warm
         loader = DataLoader(dataset, batch_size=1, num_workers=2, shuffle=False)
         items = list(loader)

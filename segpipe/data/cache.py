@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from filelock import FileLock
-from monai.data import Dataset, MetaTensor
-from monai.transforms import apply_transform
+from monai.data import MetaTensor
 
 from segpipe.data.layouts import VolumeCase
 from segpipe.errors import DataError
@@ -321,30 +320,3 @@ class VolumeCache:
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(write, cases))
         return len(written), problems
-
-
-class CachedVolumeDataset(Dataset):
-    """``cases[i]`` -> ``transform(cache.get(case, preprocess))``: preprocessed items from the disk cache.
-
-    Args:
-        cases: the volume cases.
-        cache: where the preprocessed items are.
-        preprocess: the deterministic steps ``{"case": case} -> item``, run on a cache miss.
-        transform: the steps after the cache (random sampling for training, then tensors).
-    """
-
-    def __init__(
-        self,
-        cases: list[VolumeCase],
-        cache: VolumeCache,
-        preprocess: Callable[[dict[str, Any]], Mapping[str, Any]],
-        transform: Callable[[Any], Any],
-    ) -> None:
-        super().__init__([{"case": case} for case in cases], transform)
-        self.cache = cache
-        self.preprocess = preprocess
-
-    def _transform(self, index: int) -> Any:
-        case: VolumeCase = self.data[index]["case"]
-        item = self.cache.get(case, lambda: self.preprocess({"case": case}))
-        return apply_transform(self.transform, item)

@@ -29,7 +29,7 @@ from monai.transforms import (
     Transform,
 )
 
-from segpipe.data.cache import CachedVolumeDataset, VolumeCache
+from segpipe.data.cache import VolumeCache
 from segpipe.data.checks import DataChecks, DataReport, check_splits, check_volume_case, expectations
 from segpipe.data.dataset_json import DatasetJson
 from segpipe.data.fingerprint import foreground_intensity_statistics, median_spacing
@@ -43,6 +43,7 @@ from segpipe.data.layouts import (
     read_declaration,
     resolve_layout,
 )
+from segpipe.data.sampled import PreprocessedVolumeDataset, UntrackedCacheDataset
 from segpipe.data.splits import SPLITS, read_split_file, split_names
 from segpipe.data.volume_cases import LoadCased
 from segpipe.distributed import loader_sampling
@@ -463,11 +464,14 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         train = split == "train"
         data = [{"case": case} for case in cases]
         if self.cache == "memory":
-            return CacheDataset(data, self.transforms(train), num_workers=max(1, self.num_workers), progress=False)
-        if self.cache == "disk" and split != "predict":
-            preprocess = Compose(self.preprocessing())
-            return CachedVolumeDataset(cases, self.volume_cache(), preprocess, self.after_preprocessing(train))
-        return Dataset(data, self.transforms(train))
+            workers = max(1, self.num_workers)
+            if train:  # training items keep no geometry: the patches may be drawn without metadata
+                return UntrackedCacheDataset(data, self.transforms(train), num_workers=workers)
+            return CacheDataset(data, self.transforms(train), num_workers=workers, progress=False)
+        cache = self.volume_cache() if self.cache == "disk" and split != "predict" else None
+        preprocess = Compose(self.preprocessing())
+        after = self.after_preprocessing(train)
+        return PreprocessedVolumeDataset(cases, preprocess, after, cache, track_meta=not train)
 
     def check_model(self, spatial_dims: int, slice_axis: int = 2) -> None:
         """Refuse a network that does not fit the training mode (3D for patches, 2D for slices).
