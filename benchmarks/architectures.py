@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import itertools
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,9 +21,10 @@ import time
 from pathlib import Path
 
 import mlflow
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import ROOT, append_row, command_line, machine_description
+
 HEADING = "## Architectures on the demo (2D, CPU)"
 
 
@@ -79,29 +79,17 @@ def read_back(tracking_uri: str) -> dict[str, float]:
     }
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+TABLE_HEADER = (
+    "| date | config | epochs | test Dice (mean fg) | test GM | test WM | best val Dice "
+    "| s/epoch (train+val) | wall s | machine | command | note |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def record(path: Path, rows: list[str]) -> None:
     """Append ``rows`` to the table under :data:`HEADING` in ``path``, adding the heading if it is missing."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if HEADING not in text:
-        text += (
-            f"\n{HEADING}\n\n| date | config | epochs | test Dice (mean fg) | test GM | test WM | best val Dice "
-            "| s/epoch (train+val) | wall s | machine | command | note |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        )
-    head, _, tail = text.partition(HEADING)
-    table_end = tail.find("\n\n", tail.find("|---|"))
-    table_end = len(tail) if table_end == -1 else table_end
-    tail = tail[:table_end].rstrip("\n") + "\n" + "\n".join(rows) + "\n" + tail[table_end:]
-    path.write_text(head + HEADING + tail)
+    for row in rows:
+        append_row(HEADING, TABLE_HEADER, row, doc=path)
 
 
 def main() -> None:
@@ -111,9 +99,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text for the table (e.g. machine load)")
     parser.add_argument("--no-record", action="store_true", help="print the rows only, do not append to the doc")
     args = parser.parse_args()
-    cpu = cpu_model()
-    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    command = "uv run python benchmarks/architectures.py " + " ".join(sys.argv[1:])
+    machine, command = machine_description(), command_line()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:

@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -26,6 +25,9 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## DDP on CPU: 2 processes vs 1"
@@ -100,13 +102,6 @@ def run(workdir: Path, processes: int, threads: int, args: argparse.Namespace) -
     command = [sys.executable, "-m", "segpipe.cli", "fit", "--config", str(path), "--test_after_fit", "false"]
     subprocess.run(command, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(output.read_text())
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

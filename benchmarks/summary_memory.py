@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -34,6 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import append_row, machine_description
 
 from segpipe.models import build_model
 from segpipe.summary import parse_input_shape, summarize
@@ -49,22 +51,6 @@ DEFAULT_DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{_cpu_name()} ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def _read_hwm_kib() -> int | None:
@@ -128,24 +114,7 @@ def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def record(doc: Path, row: str) -> None:
     """Append ``row`` to the table under :data:`HEADING` in ``doc``, leaving other sections untouched."""
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == HEADING), None)
-    if start is None:
-        if text and not text.endswith("\n"):
-            text += "\n"
-        doc.write_text(f"{text}\n{HEADING}\n\n{TABLE_HEADER}{row}\n")
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    insert = end
-    while insert > start + 1 and not lines[insert - 1].strip():
-        insert -= 1
-    block = [] if any(line.startswith("|---") for line in lines[start:end]) else ["\n", TABLE_HEADER]
-    if lines[insert - 1] and not lines[insert - 1].endswith("\n"):
-        lines[insert - 1] += "\n"
-    lines[insert:insert] = [*block, row + "\n"]
-    doc.write_text("".join(lines))
+    append_row(HEADING, TABLE_HEADER, row, doc=doc)
 
 
 def main(argv: list[str] | None = None) -> int:
