@@ -122,3 +122,14 @@ def test_a_skipped_batch_leaves_weights_and_optimiser_untouched():
     assert guard.skipped == 4 and "training_step" not in vars(model)  # restored after the fit
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not trainer.optimizers[0].state  # AdamW never stepped: no moments, no weight decay
+
+
+def test_off_leaves_the_step_unchecked():
+    model, guard = AlwaysNaN(), NonFiniteGuard(on_nonfinite="off")
+    data = DataLoader(TensorDataset(torch.ones(4, 3)), batch_size=2)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[guard])
+    trainer.fit(model, data)
+    assert guard.skipped == 0 and trainer.optimizers[0].state  # both NaN steps were taken
+    assert all(p.isnan().all() for p in model.parameters())
+    with pytest.raises(ValueError, match="'stop', 'skip' or 'off'"):
+        NonFiniteGuard(on_nonfinite="ignore")
