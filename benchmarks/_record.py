@@ -61,3 +61,11 @@ def append_row(heading: str, table_header: str, row: str, intro: str = "", doc: 
     else:
         lines.insert(table_lines[-1] + 1, row + "\n")
     doc.write_text("".join(lines))
+
+
+def publish(heading: str, table_header: str, rows: list[str], intro: str = "", record: bool = True) -> None:
+    """Print the table of ``rows`` and, with ``record``, append them under ``heading`` (see :func:`append_row`)."""
+    print(table_header + "\n".join(rows))
+    if record:
+        for row in rows:
+            append_row(heading, table_header, row, intro)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-from _record import append_row, command_line, machine_description  # benchmarks/ is first on sys.path
+from _record import command_line, machine_description, publish  # benchmarks/ is first on sys.path
 
 from segpipe.data import VolumeDataModule
 from segpipe.data.io3d import write_label, write_volume
@@ -180,13 +180,10 @@ def main() -> None:
             f"{timer.preparation:.2f} | {timer.epochs[0]:.2f} | {later:.2f} | {wait:.2f} | {baseline / later:.1f}x | "
             f"{baseline_wait / wait:.1f}x |"
         )
-    print(TABLE_HEADER + "\n".join(rows))
+    publish(HEADING, TABLE_HEADER, rows, INTRO, record=not args.no_record)
     speedup = baseline / float(np.mean(results["disk (next run)"].epochs[1:]))
     verdict = "met" if speedup >= 5 else "not met"
     print(f"disk cache: {speedup:.1f}x faster epochs after the first (target >= 5x: {verdict})")
-    if not args.no_record:
-        for row in rows:
-            append_row(HEADING, TABLE_HEADER, row, INTRO)
 
 
 if __name__ == "__main__":

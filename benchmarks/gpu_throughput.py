@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import append_row, command_line, machine_description
+from _record import command_line, machine_description, publish
 
 from segpipe.losses import SegmentationLoss
 from segpipe.models import build_model
@@ -150,10 +150,7 @@ def main() -> None:
             f"{achieved:.2f} | {peak if peak else 'n/a'} | {fraction} |"
         )
         print(f"{name}: {images:.1f} images/s, {achieved:.2f} TFLOP/s, fraction of peak {fraction}", flush=True)
-    print(TABLE_HEADER + "\n".join(rows))
-    if not args.no_record:
-        for row in rows:
-            append_row(HEADING, TABLE_HEADER, row, INTRO)
+    publish(HEADING, TABLE_HEADER, rows, INTRO, record=not args.no_record)
 
 
 if __name__ == "__main__":

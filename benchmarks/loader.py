@@ -28,7 +28,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, append_row, command_line, machine_description
+from _record import ROOT, command_line, machine_description, publish
 
 from segpipe.losses import SegmentationLoss
 from segpipe.models import build_model
@@ -122,10 +122,7 @@ def main() -> None:
         print(f"no worker count in {workers} reaches {TARGET}x the model: the loader is the bottleneck")
     else:
         print(f"recommendation: num_workers: {recommended} (the fewest that deliver >= {TARGET}x what the model uses)")
-    print(TABLE_HEADER + "\n".join(rows))
-    if not args.no_record:
-        for row in rows:
-            append_row(HEADING, TABLE_HEADER, row, INTRO)
+    publish(HEADING, TABLE_HEADER, rows, INTRO, record=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, append_row, command_line, machine_description
+from _record import ROOT, command_line, machine_description, publish
 
 HEADING = "## Memory: peak host and device memory of segpipe fit"
 TABLE_HEADER = (
@@ -129,9 +129,7 @@ def main() -> None:
         f"| {dt.date.today()} | {machine_description(gpu)} | `{command_line()}` | {args.config.name} | {args.epochs} | "
         f"{mib(result['peak'])} | {mib(result['hwm'])} | {allocated} | {reserved} |"
     )
-    print(TABLE_HEADER + row)
-    if not args.no_record:
-        append_row(HEADING, TABLE_HEADER, row, INTRO)
+    publish(HEADING, TABLE_HEADER, [row], INTRO, record=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, append_row, command_line, machine_description
+from _record import ROOT, command_line, machine_description, publish
 
 from segpipe.cli import run_cli
 from segpipe.losses import SegmentationLoss
@@ -188,9 +188,7 @@ def main() -> None:
         f"{statistics.median(segpipe_ms):.1f} | {min(ratios):.3f} | {statistics.median(ratios):.3f} | "
         f"{max(ratios):.3f} |"
     )
-    print(TABLE_HEADER + row)
-    if not args.no_record:
-        append_row(HEADING, TABLE_HEADER, row, INTRO)
+    publish(HEADING, TABLE_HEADER, [row], INTRO, record=not args.no_record)
 
 
 if __name__ == "__main__":
