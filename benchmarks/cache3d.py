@@ -30,7 +30,7 @@ import numpy as np
 from _record import command_line, machine_description, publish  # benchmarks/ is first on sys.path
 
 from segpipe.data import VolumeDataModule
-from segpipe.data.io3d import write_label, write_volume
+from segpipe.io.volumes import write_label, write_volume
 from segpipe.tasks import SegmentationTask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from _record import command_line, machine_description, publish
 
 from segpipe.losses import SegmentationLoss
 from segpipe.models import build_model
-from segpipe.summary import summarize
+from segpipe.models.summary import summarize
 
 HEADING = "## GPU: 2D U-Net training throughput and fraction of peak"
 TABLE_HEADER = (

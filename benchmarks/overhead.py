@@ -9,7 +9,7 @@ measures it). Contenders, alternating, ``--repeats`` times each, in this one pro
 
 - **bare**: ``zero_grad``; ``loss = criterion(net(image), mask)``; ``backward``; ``step``, with the
   network, AdamW settings and loss that the config builds;
-- **segpipe**: the real ``segpipe fit`` (``segpipe.cli.run_cli``: LightningCLI, the config's Trainer,
+- **segpipe**: the real ``segpipe fit`` (``segpipe.cli.fit.run_cli``: LightningCLI, the config's Trainer,
   MLflow logger, checkpointing, progress bar and every callback), given the same batches through a
   DataModule, with validation off (the steps of one epoch are timed).
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import ROOT, command_line, machine_description, publish
 
-from segpipe.cli import run_cli
+from segpipe.cli.fit import run_cli
 from segpipe.losses import SegmentationLoss
 from segpipe.models import build_model
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import append_row, machine_description
 
 from segpipe.models import build_model
-from segpipe.summary import parse_input_shape, summarize
+from segpipe.models.summary import parse_input_shape, summarize
 
 HEADING = "## Summary: estimated vs measured memory"
 TABLE_HEADER = (

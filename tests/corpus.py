@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from segpipe.data.io3d import write_label, write_volume
+from segpipe.io.volumes import write_label, write_volume
 
 SHAPE = (13, 11, 9)  # odd sizes, small enough that a case reads in a millisecond
 AFFINE = np.array(

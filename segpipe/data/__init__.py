@@ -1,9 +1,9 @@
 """Data: readers, pairing and splits, datasets and DataModules."""
 
-from segpipe.data.demo import MNIDemoDataModule, build_mni_demo
-from segpipe.data.demo3d import MNIDemo3DDataModule, build_mni_demo3d
-from segpipe.data.folder import FolderDataModule
-from segpipe.data.volumes import VolumeDataModule
+from segpipe.data.demos.mni2d import MNIDemoDataModule, build_mni_demo
+from segpipe.data.demos.mni3d import MNIDemo3DDataModule, build_mni_demo3d
+from segpipe.data.modules.folder import FolderDataModule
+from segpipe.data.modules.volumes import VolumeDataModule
 
 __all__ = [
     "FolderDataModule",

@@ -22,13 +22,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from segpipe.data.dataset_json import DATASET_JSON, DatasetJson
-from segpipe.data.io2d import read_image, read_mask
-from segpipe.data.io3d import VolumeMeta, read_label, read_volume
-from segpipe.data.layouts import VolumeCase
-from segpipe.data.pairing import Case
-from segpipe.data.volume_cases import geometry_problem, same_geometry
+from segpipe.data.sources.dataset_json import DATASET_JSON, DatasetJson
+from segpipe.data.sources.layouts import VolumeCase
+from segpipe.data.sources.pairing import Case
+from segpipe.data.sources.volume_cases import geometry_problem, same_geometry
 from segpipe.errors import DataError
+from segpipe.io.images import read_image, read_mask
+from segpipe.io.volumes import VolumeMeta, read_label, read_volume
 
 CaseT = TypeVar("CaseT")
 

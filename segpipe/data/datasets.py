@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segpipe.data.io2d import read_image, read_mask
-from segpipe.data.pairing import Case
+from segpipe.data.sources.pairing import Case
 from segpipe.errors import DataError
-from segpipe.transforms.normalize import Normalization, apply_normalization, normalization_stats
+from segpipe.io.images import read_image, read_mask
+from segpipe.preprocessing.normalize import Normalization, apply_normalization, normalization_stats
 
 
 class SegmentationDataset(Dataset):

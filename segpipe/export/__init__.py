@@ -1,6 +1,5 @@
 """Export trained networks for deployment outside Python: ONNX and TorchScript with preprocessing metadata."""
 
-from segpipe.export.cli import main
 from segpipe.export.exporter import FORMATS, ExportResult, export_checkpoint
 
-__all__ = ["FORMATS", "ExportResult", "export_checkpoint", "main"]
+__all__ = ["FORMATS", "ExportResult", "export_checkpoint"]

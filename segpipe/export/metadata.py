@@ -15,10 +15,10 @@ from typing import Any, get_args
 import yaml
 
 from segpipe.errors import ExportError
-from segpipe.transforms.normalize import Normalization
+from segpipe.preprocessing.normalize import Normalization
 
 DEFAULT_NORMALIZATION = "zscore"
-# What each mode does, as a deployment must repeat it (segpipe.transforms.normalize, data.volumes).
+# What each mode does, as a deployment must repeat it (segpipe.preprocessing.normalize, data.volumes).
 FORMULAS: dict[int, dict[str, str]] = {
     2: {
         "zscore": "per image and channel: (x - mean(x)) / max(std(x), 1e-8), statistics over the whole image",
@@ -41,7 +41,7 @@ _CROPS = ("RandomCrop", "CenterCrop", "CropNonEmptyMaskIfExists")
 def normalization_modes(spatial_dims: int) -> tuple[str, ...]:
     """The modes the DataModule for ``spatial_dims`` accepts (2: FolderDataModule, 3: VolumeDataModule)."""
     if spatial_dims == 3:
-        from segpipe.data.volumes import VolumeNormalization  # monai and friends: only for 3D
+        from segpipe.data.modules.volumes import VolumeNormalization  # monai and friends: only for 3D
 
         return get_args(VolumeNormalization)
     return get_args(Normalization)

@@ -1,7 +1,7 @@
 """Volume predictions as NIfTI files on the input's grid: a label mask and, optionally, class probabilities.
 
 The network's probabilities, on the preprocessed grid, are mapped back to the input file's grid
-(:func:`segpipe.transforms.geometry.restore_geometry`: resampled linearly, un-cropped as background,
+(:func:`segpipe.preprocessing.geometry.restore_geometry`: resampled linearly, un-cropped as background,
 reoriented back; probabilities are resampled, not labels, as nnU-Net does) and only then turned into
 labels by argmax, so the mask has the input's shape and spacing voxel for voxel.
 
@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from segpipe.data.io3d import NIFTI_SUFFIXES, volume_suffix, write_nifti
 from segpipe.errors import DataError
-from segpipe.transforms.geometry import restore_geometry
+from segpipe.io.volumes import NIFTI_SUFFIXES, volume_suffix, write_nifti
+from segpipe.preprocessing.geometry import restore_geometry
 
 PROBABILITIES_SUFFIX = "_probabilities"
 

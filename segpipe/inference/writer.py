@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from segpipe.data.io2d import write_mask
 from segpipe.inference.volume_writer import PROBABILITIES_SUFFIX, write_volume_prediction
-from segpipe.transforms.geometry import GEOMETRY_KEY
+from segpipe.io.images import write_mask
+from segpipe.preprocessing.geometry import GEOMETRY_KEY
 
 
 class MaskWriter(BasePredictionWriter):

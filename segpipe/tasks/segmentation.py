@@ -12,9 +12,9 @@ from monai.inferers import sliding_window_inference
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
+from segpipe.evaluation import OverlapScores
 from segpipe.inference.tta import flip_averaged, tta_axes
 from segpipe.losses import LossName, SegmentationLoss
-from segpipe.metrics import OverlapScores
 from segpipe.models import build_model
 from segpipe.tasks.param_groups import param_groups
 

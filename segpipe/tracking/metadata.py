@@ -19,7 +19,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from segpipe.summary import summarize
+from segpipe.models.summary import summarize
 from segpipe.tracking.logger import mlflow_logger, run_folder
 
 SPLITS_FILE = "splits.yaml"
@@ -95,7 +95,7 @@ def data_fingerprint(splits: Mapping[str, Iterable[Any]]) -> dict[str, str]:
 
 
 def model_size(net: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, str]:
-    """Parameters and multiply-adds per sample from :func:`segpipe.summary.summarize`, on the meta device."""
+    """Parameters and multiply-adds per sample from :func:`segpipe.models.summary.summarize`, on the meta device."""
     summary = summarize(copy.deepcopy(net).to("meta"), input_shape)
     return {
         "model.params": str(summary.params),

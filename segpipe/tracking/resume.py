@@ -19,8 +19,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mlflow import MlflowClient
 
-from segpipe.checkpointing import safe_load
 from segpipe.errors import SegpipeError
+from segpipe.io.checkpoints import safe_load
 from segpipe.tracking.logger import mlflow_logger
 
 CHECKPOINT_KEY = "mlflow"

@@ -1,0 +1,75 @@
+"""The ``segpipe`` command: dispatch to one module per subcommand, and the one place errors are reported.
+
+segpipe fit|validate|test|predict --config configs/demo.yaml [--trainer.max_epochs 3 ...]   (segpipe.cli.fit)
+segpipe check-data <dataset folder | cases.csv | config.yaml>                               (segpipe.cli.check_data)
+segpipe summary --config configs/unet.yaml [--input 4x1x512x512]                           (segpipe.cli.summary)
+segpipe export --ckpt <checkpoint> --format onnx|torchscript                               (segpipe.cli.export)
+segpipe classify fit|validate|test|predict --config configs/classify_demo.yaml             (segpipe.cli.classify)
+
+This module imports nothing heavy: ``segpipe --help`` answers without loading Lightning, MONAI or MLflow, and
+each subcommand loads only what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+
+from segpipe.errors import SegpipeError
+
+DESCRIPTION = """\
+segpipe: semantic segmentation of medical images (U-Net, Dense-UNet, SegNet, FCN) on Lightning.
+
+Subcommands: fit, validate, test, predict (LightningCLI; each takes --config <yaml> and dotted
+overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML), and
+  check-data validate a dataset folder, case list or config's data: every problem in one table.
+  summary    per-layer parameters, multiply-adds and activation memory of a configured model.
+  export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
+  classify   fit|validate|test|predict an image classifier (a backbone for encoder_weights).
+Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
+"""
+
+# subcommand -> module with ``main(argv) -> int`` (the fit family: LightningCLI's own subcommands)
+COMMANDS = {
+    "fit": "segpipe.cli.fit",
+    "validate": "segpipe.cli.fit",
+    "test": "segpipe.cli.fit",
+    "predict": "segpipe.cli.fit",
+    "check-data": "segpipe.cli.check_data",
+    "summary": "segpipe.models.summary",
+    "export": "segpipe.cli.export",
+    "classify": "segpipe.cli.classify",
+}
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segpipe`` console script; returns the exit code.
+
+    Every subcommand reports a :class:`SegpipeError` here, as one line on stderr with its exit code.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: segpipe {{{','.join(COMMANDS)}}} ...\n\n{DESCRIPTION}")
+        return 0 if args else 2
+    command = args[0]
+    if command not in COMMANDS:
+        print(f"segpipe: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    # Imported here, so that ``segpipe --help`` loads no Lightning.
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        module = importlib.import_module(COMMANDS[command])
+        if command in LIGHTNING_SUBCOMMANDS:
+            # LightningCLI reads sys.argv itself when args is None (and warns if given both).
+            module.run_cli(argv)
+            return 0
+        return int(module.main(args[1:]) or 0)
+    except SegpipeError as err:
+        print(f"segpipe: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except SIGTERMException:  # Lightning's stop at an epoch's end; ResumableCheckpoint wrote last.ckpt
+        print("segpipe: error: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+        return 128 + signal.SIGTERM

@@ -1,0 +1,202 @@
+"""The ``segpipe`` command: LightningCLI subcommands plus segpipe's own tools.
+
+segpipe fit|validate|test|predict --config configs/demo.yaml [--trainer.max_epochs 3 ...]
+segpipe summary --config configs/unet.yaml [--input 4x1x512x512]
+segpipe check-data <dataset folder | cases.csv | config.yaml>
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
+from segpipe.cli import DESCRIPTION
+from segpipe.data.modules.folder import FolderDataModule
+from segpipe.data.modules.volumes import VolumeDataModule
+from segpipe.distributed import is_local_zero
+from segpipe.errors import SegpipeError
+from segpipe.inference import MaskWriter
+from segpipe.io.checkpoints import LAST, check_checkpoint, check_writable, with_atomic_checkpoint_io
+from segpipe.tasks import SegmentationTask
+from segpipe.tracking import (
+    LogBestModel,
+    MLflowLogger,
+    MLflowSaveConfig,
+    RunIdInCheckpoint,
+    RunMetadata,
+    TestReport,
+    ValidationOverlays,
+    resumable_run_id,
+)
+from segpipe.tracking.config import default_run_name
+from segpipe.tracking.logger import effective_tracking_uri
+from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
+
+# DataModules whose files are validated (check/validate) before anything is written.
+CHECKED_DATAMODULES = (FolderDataModule, VolumeDataModule)
+
+
+class SegpipeCLI(LightningCLI):
+    """LightningCLI with segpipe's checkpointing, prediction writer, MLflow defaults and data checks."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                # Each run has its own folder; a resumed run rewrites the same names (no "-v1" copies).
+                "checkpoint.enable_version_counter": False,
+                "checkpoint.monitor": "val/dice",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch{epoch:03d}-dice{val/dice:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {"class_path": f"{MLflowLogger.__module__}.{MLflowLogger.__name__}"},
+                "trainer.default_root_dir": "outputs",
+            }
+        )
+        parser.add_lightning_class_args(MaskWriter, "predict_writer")
+        # MLflow extras: each is a callback configurable in YAML (e.g. --overlays.every_n_epochs 5).
+        parser.add_lightning_class_args(ValidationOverlays, "overlays")
+        parser.add_lightning_class_args(TestReport, "test_report")
+        parser.add_lightning_class_args(RunMetadata, "run_metadata")
+        parser.add_lightning_class_args(LogBestModel, "model_logging")
+        parser.add_lightning_class_args(RunIdInCheckpoint, "mlflow_run_id")
+        parser.add_lightning_class_args(PerformanceFlags, "performance")
+        parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+        parser.add_lightning_class_args(RandomStateInCheckpoint, "random_state")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, evaluate the best checkpoint on the test split (when it has cases).",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the checkpoint's hyperparameters: resolve `last`, refuse unsafe files.
+        config = self.config.get(str(self.config.get("subcommand")))
+        if config is None or not config.get("ckpt_path"):
+            return
+        if config.ckpt_path == LAST:
+            config.ckpt_path = self._last_checkpoint(config)
+        if config.ckpt_path:
+            check_checkpoint(config.ckpt_path)
+
+    def _last_checkpoint(self, config: Namespace) -> str | None:
+        """``--ckpt_path last`` (see segpipe.tracking.resume); with another logger, Lightning's own ``last``.
+
+        None (warned) for a first ``fit``; the other subcommands need a checkpoint.
+        """
+        required = self.config.subcommand != "fit"
+        if config.checkpoint.get("dirpath"):
+            return last_checkpoint_in(config.checkpoint.dirpath, required)
+        init_args = self._mlflow_init_args(config)
+        if init_args is None:
+            return LAST
+        root, uri = config.trainer.get("default_root_dir") or ".", effective_tracking_uri(init_args.tracking_uri)
+        return last_checkpoint_of_experiment(root, init_args.experiment_name, uri, required)
+
+    def _mlflow_init_args(self, config: Namespace) -> Namespace | None:
+        """The configured logger's init_args when it is segpipe's MLflowLogger (or a subclass), else None."""
+        logger = config.trainer.get("logger")
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            return None
+        module, _, name = str(logger.class_path).rpartition(".")
+        logger_class = getattr(importlib.import_module(module), name, None) if module else None
+        return init_args if isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger) else None
+
+    def before_instantiate_classes(self) -> None:
+        # Name the MLflow run after its network unless the config names it; resume into the run stored in
+        # the checkpoint (fit continues it, test reports into it).
+        if self.subcommand not in ("fit", "test"):
+            return
+        config = self.config[self.subcommand]
+        ckpt_path, init_args = config.get("ckpt_path"), self._mlflow_init_args(config)
+        if init_args is None:
+            return
+        if init_args.get("run_name") is None:
+            model = config.model
+            init_args.run_name = default_run_name(model.model, model.spatial_dims, model.get("model_kwargs"))
+        if not ckpt_path or not Path(ckpt_path).is_file() or init_args.get("run_id"):
+            return
+        run_id = resumable_run_id(ckpt_path, effective_tracking_uri(init_args.tracking_uri))
+        if run_id is not None:
+            init_args.run_id = run_id
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Prediction logs nothing: do not open an empty MLflow run for it.
+        if self.subcommand == "predict":
+            kwargs["logger"] = False
+        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:
+            # Lightning's refusals of accelerators, devices and precisions are configuration errors.
+            visible = f"{torch.cuda.device_count()} CUDA GPU(s) visible"
+            raise SegpipeError(f"trainer: {err} ({visible}; --trainer.accelerator cpu runs without one)") from None
+
+    # ---- checks before anything is written -----------------------------------------------------
+    def _check_data(self, stage: str) -> None:
+        datamodule = self.datamodule
+        # One process per node checks (and builds) the data; its siblings wait for it inside fit.
+        if isinstance(datamodule, CHECKED_DATAMODULES) and is_local_zero(self.trainer):
+            hparams = self.model.hparams
+            if isinstance(datamodule, VolumeDataModule):
+                datamodule.check_model(hparams.spatial_dims, hparams.get("slice_axis", 2))
+            datamodule.prepare_data()
+            datamodule.validate(hparams.num_classes, hparams.in_channels, stage)
+
+    def before_fit(self) -> None:
+        self._check_data("fit")
+        output = self.config["fit"].checkpoint.get("dirpath") or self.trainer.default_root_dir
+        if "://" not in str(output):
+            check_writable(output)
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
+    def before_predict(self) -> None:
+        config = self.config_init[self.subcommand]
+        if not config.get("ckpt_path"):
+            raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt>")
+        # The writer callback saves each batch; keeping every prediction in memory as well would grow
+        # with the dataset (volumes of class probabilities). --return_predictions true restores it.
+        if config.get("return_predictions") is None:
+            config["return_predictions"] = False
+        self._check_data("predict")
+
+    def after_fit(self) -> None:
+        datamodule = self.datamodule
+        run_test = self.config_init["fit"].get("test_after_fit", True)
+        if not run_test or not isinstance(datamodule, CHECKED_DATAMODULES) or not datamodule.cases().get("test"):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
+
+
+def run_cli(args: list[str] | None = None) -> SegpipeCLI:
+    return SegpipeCLI(
+        SegmentationTask,
+        # Any LightningDataModule by class_path; segpipe's own ones are checked before training.
+        LightningDataModule,
+        subclass_mode_data=True,
+        save_config_callback=MLflowSaveConfig,
+        save_config_kwargs={"save_to_log_dir": False},
+        parser_kwargs={"description": DESCRIPTION},
+        auto_configure_optimizers=False,
+        args=args,
+    )

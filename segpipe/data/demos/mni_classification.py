@@ -1,0 +1,68 @@
+"""A classification task from the demo's training slices: which slab of the brain is an axial slice from?
+
+Only slices of the segmentation demo's *training* slabs are used (the same slices, after the same
+guard slices are dropped), so a backbone pretrained here has never seen the segmentation validation
+or test slabs. The label of a slice is the index of its training slab, inferior to superior
+(``slab0`` .. ``slab5``): telling them apart takes the anatomy's shape and size, not tissue labels.
+Layout ``root/slab<k>/mni152_z<z>.png`` (the flat layout of ``ClassificationFolderDataModule``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from segpipe.data.demos.mni2d import MIN_BRAIN_PIXELS, SLAB_PATTERN, _load_template, mni_labels, slab_splits
+from segpipe.data.modules.classification import ClassificationFolderDataModule
+
+
+def slab_classes(brain_slices: list[int]) -> dict[int, str]:
+    """Training slice -> class name ``slab<k>``, k counting the training slabs from inferior to superior."""
+    train = set(slab_splits(brain_slices)["train"])
+    slabs = [
+        s
+        for i, s in enumerate(np.array_split(np.asarray(brain_slices), len(SLAB_PATTERN)))
+        if SLAB_PATTERN[i] == "train"
+    ]
+    return {int(z): f"slab{k}" for k, slab in enumerate(slabs) for z in slab if int(z) in train}
+
+
+def build_slab_classification(root: str | Path) -> dict[int, str]:
+    """Write the slab-classification dataset to ``root`` (8-bit PNGs, one folder per slab); returns the labels."""
+    root = Path(root)
+    t1 = _load_template("t1")
+    gm = _load_template("gm").astype(np.float32) / 255.0
+    wm = _load_template("wm").astype(np.float32) / 255.0
+    labels = mni_labels(gm, wm)
+    brain = [z for z in range(labels.shape[2]) if (labels[:, :, z] > 0).sum() >= MIN_BRAIN_PIXELS]
+    classes = slab_classes(brain)
+    tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for z, name in classes.items():
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+        image = np.ascontiguousarray(np.rot90(t1[:, :, z]))
+        Image.fromarray(image).save(tmp / name / f"mni152_z{z:03d}.png")
+    info = {"source": "MNI152 2009a T1, training slabs of the segmentation demo", "labels": classes}
+    (tmp / "classes.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return classes
+
+
+class MNISlabClassificationDataModule(ClassificationFolderDataModule):
+    """:class:`ClassificationFolderDataModule` over the slab-classification demo; builds it on first use."""
+
+    def __init__(self, root: str = "data/demo_slabs", **kwargs: object) -> None:
+        super().__init__(root=root, layout="flat", **kwargs)  # type: ignore[arg-type]
+
+    def prepare_data(self) -> None:
+        if not (self.root / "classes.yaml").is_file():
+            build_slab_classification(self.root)

@@ -1,0 +1,223 @@
+"""Builders of tiny, seeded test data and configs shared by the test folders (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import yaml
+from PIL import Image
+
+from segpipe.io.volumes import write_label, write_volume
+
+
+def ddp_config(data_root: Path, experiment: str) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            "default_root_dir": "outputs",
+            "logger": {"class_path": "segpipe.tracking.MLflowLogger", "init_args": {"experiment_name": experiment}},
+        },
+        "model": {
+            "model": "unet",
+            "in_channels": 1,
+            "num_classes": 3,
+            "model_kwargs": {"depth": 2, "base_channels": 4, "norm": "group"},
+            # Cross-entropy and group norm are means of per-case terms: a mean over 2 ranks' batches of 2
+            # equals the mean over one batch of 4 (batch-wise Dice and batch norm are not).
+            "loss": "ce",
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+        },
+        "data": {
+            "class_path": "segpipe.data.FolderDataModule",
+            "init_args": {"root": str(data_root), "batch_size": 2, "eval_batch_size": 1, "num_workers": 0},
+        },
+    }
+
+
+def launch_env(workdir: Path) -> dict[str, str]:
+    # The processes meet on this machine whatever the environment says (a cluster's MASTER_ADDR, or one
+    # an earlier test's SLURMEnvironment exported).
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    return {
+        **inherited,
+        "MASTER_ADDR": "127.0.0.1",
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
+        "PREPARE_LOG": str(workdir / "prepare.log"),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def runs(workdir: Path, experiment: str) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+SHAPE = (24, 20, 16)
+
+
+AFFINE = np.array(
+    [
+        [0.0, -1.2, 0.0, 40.0],
+        [0.8, 0.0, 0.0, -12.5],
+        [0.0, 0.0, 2.5, 7.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def blob_case(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy (X, Y, Z) volume with a bright ball (class 1) and a dark cube (class 2)."""
+    grid = np.indices(shape)
+    centre = [rng.integers(s // 3, 2 * s // 3) for s in shape]
+    ball = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) < 4**2
+    label = np.zeros(shape, np.uint8)
+    label[ball] = 1
+    x, y, z = (rng.integers(0, s - 4) for s in shape)
+    label[x : x + 4, y : y + 4, z : z + 4] = 2
+    image = np.where(label == 1, 200.0, np.where(label == 2, 30.0, 100.0)) + rng.normal(0, 10, shape)
+    return image.astype(np.float32), label
+
+
+def write_volumes(root: Path, n: int, seed: int = 0, labels_dir: str = "labels") -> Path:
+    """``images_labels`` layout: ``root/images/case_XX.nii.gz`` and ``root/<labels_dir>/case_XX.nii.gz``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image, label = blob_case(rng)
+        write_volume(root / "images" / f"case_{i:02d}.nii.gz", image, AFFINE)
+        write_label(root / labels_dir / f"case_{i:02d}.nii.gz", label, AFFINE)
+    return root
+
+
+def tiny_3d_config(data_root: Path) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "log_every_n_steps": 1,
+            "default_root_dir": "outputs",
+            "logger": {
+                "class_path": "segpipe.tracking.MLflowLogger",
+                "init_args": {"experiment_name": "tests3d", "tracking_uri": "sqlite:///mlflow.db"},
+            },
+        },
+        "model": {
+            "model": "unet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "num_classes": 3,
+            "model_kwargs": {"depth": 2, "base_channels": 4},
+            "inference_roi": [16, 16, 8],
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+        },
+        "data": {
+            "class_path": "segpipe.data.VolumeDataModule",
+            "init_args": {
+                "root": str(data_root),
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+                "patch_size": [16, 16, 8],
+                "samples_per_volume": 2,
+                "batch_size": 2,
+                "num_workers": 0,
+                "cache": True,
+            },
+        },
+    }
+
+
+def tiny_config(data_root: Path, **overrides: object) -> dict:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 3,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "log_every_n_steps": 1,
+            "default_root_dir": "outputs",
+            "logger": {
+                "class_path": "segpipe.tracking.MLflowLogger",
+                "init_args": {"experiment_name": "tests", "tracking_uri": "sqlite:///mlflow.db"},
+            },
+        },
+        "model": {
+            "model": "unet",
+            "in_channels": 1,
+            "num_classes": 3,
+            "model_kwargs": {"depth": 2, "base_channels": 4},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+        },
+        "data": {
+            "class_path": "segpipe.data.FolderDataModule",
+            "init_args": {
+                "root": str(data_root),
+                "batch_size": 4,
+                "num_workers": 0,
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+            },
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def disc_case(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image with a bright disc (class 1) and a dark square (class 2)."""
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 4, 3 * width // 4)
+    r = rng.integers(min(height, width) // 8, min(height, width) // 4)
+    mask = np.zeros((height, width), np.uint8)
+    mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
+    sy, sx = rng.integers(0, height - 6), rng.integers(0, width - 6)
+    mask[sy : sy + 6, sx : sx + 6] = 2
+    image = np.full((height, width), 100.0)
+    image[mask == 1] = 200
+    image[mask == 2] = 30
+    image += rng.normal(0, 10, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def write_dataset(root: Path, n: int, height: int = 37, width: int = 33, seed: int = 0) -> Path:
+    """Flat layout: ``root/images/case_XX.png`` and ``root/masks/case_XX.png``."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, mask = disc_case(rng, height, width)
+        Image.fromarray(image).save(root / "images" / f"case_{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"case_{i:02d}.png")
+    return root
+
+
+def write_classes(root: Path, per_class: int = 6, size: tuple[int, int] = (33, 37)) -> Path:
+    """Two classes: dark and bright noisy images."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("dark", "bright")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = np.clip(rng.normal(60 + 120 * label, 15, size), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / name / f"img_{i}.png")
+    return root
