@@ -19,8 +19,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
 from segpipe.cli import DESCRIPTION
-from segpipe.data.modules.folder import FolderDataModule
-from segpipe.data.modules.volumes import VolumeDataModule
+from segpipe.data.requirements import CheckedDataModule
 from segpipe.distributed import is_local_zero
 from segpipe.errors import SegpipeError
 from segpipe.inference import MaskWriter
@@ -39,9 +38,6 @@ from segpipe.tracking import (
 from segpipe.tracking.config import default_run_name
 from segpipe.tracking.logger import effective_tracking_uri
 from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
-
-# DataModules whose files are validated (check/validate) before anything is written.
-CHECKED_DATAMODULES = (FolderDataModule, VolumeDataModule)
 
 
 class SegpipeCLI(LightningCLI):
@@ -147,14 +143,11 @@ class SegpipeCLI(LightningCLI):
 
     # ---- checks before anything is written -----------------------------------------------------
     def _check_data(self, stage: str) -> None:
-        datamodule = self.datamodule
-        # One process per node checks (and builds) the data; its siblings wait for it inside fit.
-        if isinstance(datamodule, CHECKED_DATAMODULES) and is_local_zero(self.trainer):
-            hparams = self.model.hparams
-            if isinstance(datamodule, VolumeDataModule):
-                datamodule.check_model(hparams.spatial_dims, hparams.get("slice_axis", 2))
-            datamodule.prepare_data()
-            datamodule.validate(hparams.num_classes, hparams.in_channels, stage)
+        # The DataModule checks its data against what the model expects; one process per node checks (and
+        # builds) the data while its siblings wait for it inside fit.
+        requirements = getattr(self.model, "requirements", None)
+        if isinstance(self.datamodule, CheckedDataModule) and callable(requirements) and is_local_zero(self.trainer):
+            self.datamodule.check_for(requirements(), stage)
 
     def before_fit(self) -> None:
         self._check_data("fit")
@@ -181,7 +174,8 @@ class SegpipeCLI(LightningCLI):
     def after_fit(self) -> None:
         datamodule = self.datamodule
         run_test = self.config_init["fit"].get("test_after_fit", True)
-        if not run_test or not isinstance(datamodule, CHECKED_DATAMODULES) or not datamodule.cases().get("test"):
+        has_test = getattr(datamodule, "has_test_cases", None)
+        if not run_test or not callable(has_test) or not has_test():
             return
         checkpoint = self.trainer.checkpoint_callback
         ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None

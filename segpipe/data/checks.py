@@ -18,10 +18,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from segpipe.data.requirements import ModelRequirements
 from segpipe.data.sources.dataset_json import DATASET_JSON, DatasetJson
 from segpipe.data.sources.layouts import VolumeCase
 from segpipe.data.sources.pairing import Case
@@ -275,6 +276,20 @@ class DataChecks(ABC):
     def check(self, num_classes: int, in_channels: int, stage: str = "fit") -> list[DataError]:
         """Every problem :meth:`report` finds for a model of ``num_classes`` and ``in_channels``."""
         return self.report(num_classes, in_channels, stage).problems
+
+    @abstractmethod
+    def cases(self) -> dict[str, list[Any]]:
+        """The cases of each split (``train``, ``val``, ``test``)."""
+
+    def has_test_cases(self) -> bool:
+        """Whether the test split has cases (``segpipe fit`` then tests the best checkpoint)."""
+        return bool(self.cases().get("test"))
+
+    def check_for(self, model: ModelRequirements, stage: str) -> None:
+        """Build what ``stage`` reads (the LightningDataModule's :meth:`prepare_data`), then :meth:`validate` it
+        for ``model``."""
+        self.prepare_data()  # type: ignore[attr-defined]
+        self.validate(model.num_classes, model.in_channels, stage)
 
     def validate(self, num_classes: int, in_channels: int, stage: str = "fit") -> None:
         """Raise the first problem :meth:`check` finds, with a count of the others.

@@ -12,6 +12,7 @@ from monai.inferers import sliding_window_inference
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 
+from segpipe.data.requirements import ModelRequirements
 from segpipe.evaluation import OverlapScores
 from segpipe.inference.tta import flip_averaged, tta_axes
 from segpipe.losses import LossName, SegmentationLoss
@@ -101,6 +102,11 @@ class SegmentationTask(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.val_scores = OverlapScores(num_classes, ignore_index)
         self.test_scores = OverlapScores(num_classes, ignore_index)
+
+    def requirements(self) -> ModelRequirements:
+        """What this network expects of its data (checked by the DataModule before a stage runs)."""
+        h = self.hparams
+        return ModelRequirements(h.num_classes, h.in_channels, h.spatial_dims, h.get("slice_axis", 2))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, *spatial)."""

@@ -30,6 +30,7 @@ from monai.transforms import (
 )
 
 from segpipe.data.checks import DataChecks, DataReport, check_splits, check_volume_case, expectations
+from segpipe.data.requirements import ModelRequirements
 from segpipe.data.sources.dataset_json import DatasetJson
 from segpipe.data.sources.layouts import (
     Layout,
@@ -472,6 +473,11 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         preprocess = Compose(self.preprocessing())
         after = self.after_preprocessing(train)
         return PreprocessedVolumeDataset(cases, preprocess, after, cache, track_meta=not train)
+
+    def check_for(self, model: ModelRequirements, stage: str) -> None:
+        """Refuse a network that does not fit the training mode, then build and validate the data."""
+        self.check_model(model.spatial_dims, model.slice_axis)
+        super().check_for(model, stage)
 
     def check_model(self, spatial_dims: int, slice_axis: int = 2) -> None:
         """Refuse a network that does not fit the training mode (3D for patches, 2D for slices).
