@@ -37,7 +37,7 @@ COMMANDS = {
     "test": "segpipe.cli.fit",
     "predict": "segpipe.cli.fit",
     "check-data": "segpipe.cli.check_data",
-    "summary": "segpipe.models.summary",
+    "summary": "segpipe.cli.summary",
     "export": "segpipe.cli.export",
     "classify": "segpipe.cli.classify",
 }
@@ -47,7 +47,9 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segpipe`` console script; returns the exit code.
 
-    Every subcommand reports a :class:`SegpipeError` here, as one line on stderr with its exit code.
+    The one error handler: every subcommand raises :class:`SegpipeError` for a user's mistake, and it is
+    reported here, as one ``segpipe: error: ...`` line on stderr, with its exit code (2 unless the error
+    says otherwise).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return int(module.main(args[1:]) or 0)
     except SegpipeError as err:
-        print(f"segpipe: error: {err}", file=sys.stderr)
+        # one line whatever the message holds (wrapped library messages span several)
+        print(f"segpipe: error: {' '.join(str(err).split())}", file=sys.stderr)
         return err.exit_code
     except SIGTERMException:  # Lightning's stop at an epoch's end; ResumableCheckpoint wrote last.ckpt
         print("segpipe: error: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)

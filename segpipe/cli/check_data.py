@@ -10,27 +10,20 @@ when anything is wrong, 0 with a summary (cases per split, classes, channels, sh
 
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonargparse import ArgumentParser
-from lightning.pytorch import LightningDataModule
 from rich.console import Console
 from rich.table import Table
 
-from segpipe.cli.fit import SegpipeCLI
-from segpipe.data.checks import DataChecks, DataReport
-from segpipe.data.modules.folder import FolderDataModule
-from segpipe.data.modules.volumes import VolumeDataModule
-from segpipe.data.sources.case_lists import is_case_list
-from segpipe.data.sources.dataset_json import DATASET_JSON
+from segpipe.cli.usage import CommandParser
 from segpipe.errors import DataError, SegpipeError
-from segpipe.io.images import IMAGE_SUFFIXES
-from segpipe.io.volumes import is_dicom_series, volume_suffix
-from segpipe.tasks import SegmentationTask
+
+if TYPE_CHECKING:  # the data package loads MONAI, SimpleITK and nibabel: imported where a check runs
+    from lightning.pytorch import LightningDataModule
+
+    from segpipe.data.checks import DataChecks, DataReport
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 STAGES = ("fit", "validate", "test", "predict")
@@ -40,6 +33,9 @@ SPLIT_ORDER = ("train", "val", "test", "predict")
 # ---- what to check -----------------------------------------------------------------------------------
 def _holds(folder: Path) -> str | None:
     """``"3d"`` when ``folder`` holds volumes (files or DICOM folders), ``"2d"`` for 2D images, else None."""
+    from segpipe.io.images import IMAGE_SUFFIXES
+    from segpipe.io.volumes import is_dicom_series, volume_suffix
+
     if not folder.is_dir():
         return None
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -57,6 +53,11 @@ def datamodule_for_folder(target: Path) -> DataChecks:
     Raises:
         DataError: when ``target`` is missing or holds no known layout.
     """
+    from segpipe.data.modules.folder import FolderDataModule
+    from segpipe.data.modules.volumes import VolumeDataModule
+    from segpipe.data.sources.case_lists import is_case_list
+    from segpipe.data.sources.dataset_json import DATASET_JSON
+
     if is_case_list(target):
         return VolumeDataModule(root=str(target), num_workers=0)
     if not target.is_dir():
@@ -79,32 +80,16 @@ def datamodule_for_folder(target: Path) -> DataChecks:
 
 def datamodule_from_config(config: Path, overrides: list[str]) -> tuple[LightningDataModule, int, int]:
     """The configured DataModule (instantiated; the model is not built) and the model's
-    ``num_classes`` and ``in_channels``, parsed exactly as ``segpipe fit --config`` parses them.
+    ``num_classes`` and ``in_channels``, read by the fit parser (:mod:`segpipe.config`).
 
     Raises:
-        SystemExit: for a config or override that does not parse (jsonargparse prints why).
+        ConfigError: for a config or override that the fit parser rejects.
     """
+    from segpipe.config import instantiate_data, model_hparams, read_config
 
-    class DataOnlyCLI(SegpipeCLI):
-        def instantiate_classes(self) -> None:
-            parser = ArgumentParser()  # the data section alone: the model is not built
-            parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-            data = parser.parse_object({"data": self.config.data.as_dict()})
-            self.datamodule = parser.instantiate_classes(data).data
-
-    with warnings.catch_warnings():  # args are given on purpose, while sys.argv holds "check-data ..."
-        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
-        cli = DataOnlyCLI(
-            SegmentationTask,
-            LightningDataModule,
-            subclass_mode_data=True,
-            save_config_callback=None,
-            auto_configure_optimizers=False,
-            run=False,
-            args=["--config", str(config), *overrides, "--seed_everything", "false"],  # checks draw nothing
-        )
-    model = cli.config.model
-    return cli.datamodule, int(model.num_classes), int(model.in_channels)
+    parsed = read_config(["--config", str(config), *overrides])
+    model = model_hparams(parsed)
+    return instantiate_data(parsed), int(model["num_classes"]), int(model["in_channels"])
 
 
 # ---- output ------------------------------------------------------------------------------------------
@@ -160,9 +145,11 @@ def check(
     """Report every problem of ``target`` (folder, case list or config) for ``stage``.
 
     Raises:
-        SegpipeError: when ``target`` cannot be checked (missing, no layout, a DataModule without checks).
-        SystemExit: for a config that does not parse.
+        SegpipeError: when ``target`` cannot be checked (missing, no layout, a config that does not parse,
+            a DataModule without checks).
     """
+    from segpipe.data.checks import DataChecks
+
     path = Path(target)
     if path.suffix.lower() in CONFIG_SUFFIXES:
         if not path.is_file():
@@ -180,9 +167,14 @@ def check(
     return datamodule.report(num_classes, in_channels, stage)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``segpipe check-data TARGET [--num-classes K] [--in-channels C] [--stage fit]``; returns the exit code."""
-    parser = argparse.ArgumentParser(
+def main(argv: list[str]) -> int:
+    """``segpipe check-data TARGET [--num-classes K] [--in-channels C] [--stage fit]``; returns the exit code:
+    0 for a clean dataset, 2 when the table lists problems.
+
+    Raises:
+        SegpipeError: when the target cannot be checked (see :func:`check`); reported by :func:`segpipe.cli.main`.
+    """
+    parser = CommandParser(
         prog="segpipe check-data",
         description="Validate a dataset before training: every problem in one table; exit code 2 if any.",
         epilog="With a config, further arguments override it as for segpipe fit, e.g. --data.init_args.root other/",
@@ -191,21 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, help="classes the labels must fit (default: model/dataset.json)")
     parser.add_argument("--in-channels", type=int, help="image channels (default: model/dataset.json)")
     parser.add_argument("--stage", choices=STAGES, default="fit", help="splits to check, as for that command")
-    try:
-        args, overrides = parser.parse_known_args(argv)
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else 2
-    try:
-        report = check(args.target, overrides, args.num_classes, args.in_channels, args.stage)
-    except SegpipeError as err:
-        print(f"segpipe check-data: error: {err}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else 2
+    args, overrides = parser.parse_known_args(argv)
+    report = check(args.target, overrides, args.num_classes, args.in_channels, args.stage)
     # Unbounded when not a terminal, so that piped output and logs keep one line per problem.
     render(report, args.target, Console(width=None if sys.stdout.isatty() else 100_000))
     return 0 if report.ok else 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

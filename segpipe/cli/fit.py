@@ -182,15 +182,23 @@ class SegpipeCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
 
 
+def cli_arguments(args: ArgsType) -> dict[str, Any]:
+    """The LightningCLI arguments that define the fit parser, shared with :func:`segpipe.config.read_config`."""
+    return {
+        "model_class": SegmentationTask,
+        # Any LightningDataModule by class_path; one that implements CheckedDataModule is checked first.
+        "datamodule_class": LightningDataModule,
+        "subclass_mode_data": True,
+        "auto_configure_optimizers": False,
+        "args": args,
+    }
+
+
 def run_cli(args: list[str] | None = None) -> SegpipeCLI:
+    """Run ``segpipe fit|validate|test|predict`` on ``args`` (``sys.argv`` when None)."""
     return SegpipeCLI(
-        SegmentationTask,
-        # Any LightningDataModule by class_path; segpipe's own ones are checked before training.
-        LightningDataModule,
-        subclass_mode_data=True,
+        **cli_arguments(args),
         save_config_callback=MLflowSaveConfig,
         save_config_kwargs={"save_to_log_dir": False},
         parser_kwargs={"description": DESCRIPTION},
-        auto_configure_optimizers=False,
-        args=args,
     )

@@ -37,8 +37,9 @@ compares the estimate with a measured training step.
 
 The forward runs in eval mode under ``torch.no_grad()`` on the device of the model's parameters, and
 the model's mode is restored; so dropout, an identity in eval mode, adds nothing (in training it also
-allocates its output and mask). :func:`main` builds the model on the ``meta`` device, so even a 138M
-parameter network at 512x512 is summarised from shapes alone, without allocating or computing.
+allocates its output and mask). ``segpipe summary`` (:mod:`segpipe.cli.summary`) builds the model on
+the ``meta`` device, so even a 138M parameter network at 512x512 is summarised from shapes alone,
+without allocating or computing.
 
 The lecture's VGG16 example (1x3x224x224) gives 138,357,544 parameters and 15,262,696 forward values
 (input 150,528 + conv 13,547,520 + pool 1,530,368 + torchvision's 7x7 adaptive avg-pool 25,088 + fc
@@ -49,17 +50,12 @@ in-place ReLU outputs as well (``include_inplace=True``) gives 28.7M, so no laye
 
 from __future__ import annotations
 
-import argparse
 import math
-import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -376,114 +372,3 @@ def render(summary: ModelSummary, console: Console | None = None) -> None:
     totals.add_row("Forward activation memory", _bytes(summary.activation_bytes))
     totals.add_row("Training estimate (acts + 4 x params, AdamW)", _bytes(summary.training_bytes_estimate))
     console.print(totals)
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """Parse ``"4x1x512x512"`` (or comma-separated) into a shape.
-
-    Raises:
-        ValueError: if a part is not a positive integer or fewer than three parts are given.
-    """
-    parts = [p for p in re.split(r"[x,\s]+", text.strip().lower()) if p]
-    if len(parts) < 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--input must look like BxCxHxW or BxCxDxHxW with positive integers, got {text!r}")
-    return tuple(int(p) for p in parts)
-
-
-def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
-    section = config.get(key) or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"config section {key!r} must be a mapping, got {type(section).__name__}")
-    if isinstance(section.get("init_args"), dict):
-        section = section["init_args"]
-    return section
-
-
-def default_input_shape(model_cfg: dict[str, Any], data_cfg: dict[str, Any]) -> tuple[int, ...]:
-    """``data.batch_size`` x in_channels x ``data.patch_size``; 1 x C x 256^2 (2D) or 64^3 (3D) if absent."""
-    spatial_dims = int(model_cfg.get("spatial_dims", 2))
-    channels = int(model_cfg.get("in_channels", 1))
-    batch = int(data_cfg.get("batch_size") or 1)
-    patch = data_cfg.get("patch_size")
-    if patch is None:
-        patch = [256, 256] if spatial_dims == 2 else [64, 64, 64]
-    elif isinstance(patch, int):
-        patch = [patch] * spatial_dims
-    return (batch, channels, *(int(p) for p in patch))
-
-
-def _build(model_cfg: dict[str, Any], device: str) -> nn.Module:
-    from segpipe.models import build_model
-
-    if "model" not in model_cfg:
-        raise ValueError("config section 'model' has no 'model' key naming the architecture (e.g. unet)")
-    kwargs = model_cfg.get("model_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"model.model_kwargs must be a mapping, got {kwargs!r}")
-    with torch.device(device):
-        return build_model(
-            str(model_cfg["model"]),
-            spatial_dims=int(model_cfg.get("spatial_dims", 2)),
-            in_channels=int(model_cfg.get("in_channels", 1)),
-            num_classes=int(model_cfg.get("num_classes", 2)),
-            **kwargs,
-        )
-
-
-def summarize_config(config_path: str | Path, input_text: str | None, precision: str) -> ModelSummary:
-    """Build the model of a LightningCLI config on the meta device and summarise it.
-
-    Raises:
-        FileNotFoundError: if the config does not exist.
-        ValueError: for an unparsable config, a missing ``model`` section, a bad ``input_text`` or an
-            input whose rank or channels do not match the model.
-    """
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"cannot parse {path} as YAML: {' '.join(str(err).split())}") from err
-    if not isinstance(config, dict) or not config.get("model"):
-        raise ValueError(f"{path} has no 'model:' section")
-    model_cfg, data_cfg = _section(config, "model"), _section(config, "data")
-    shape = parse_input_shape(input_text) if input_text else default_input_shape(model_cfg, data_cfg)
-    spatial_dims = int(model_cfg.get("spatial_dims", 2))
-    in_channels = int(model_cfg.get("in_channels", 1))
-    if len(shape) != spatial_dims + 2 or shape[1] != in_channels:
-        raise ValueError(
-            f"input {'x'.join(map(str, shape))} does not fit a {spatial_dims}D model with {in_channels} "
-            f"input channels; expected B x {in_channels} x {' x '.join(['S'] * spatial_dims)}"
-        )
-    try:
-        return summarize(_build(model_cfg, "meta"), shape, precision)
-    except NotImplementedError:  # an operator without a meta kernel: build real weights instead
-        return summarize(_build(model_cfg, "cpu"), shape, precision)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``segpipe summary --config CONFIG [--input BxCxHxW] [--precision 32]``; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="segpipe summary",
-        description="Per-layer parameters, multiply-adds and activation memory of the configured model.",
-    )
-    parser.add_argument("--config", "-c", required=True, help="LightningCLI YAML with a model: section")
-    parser.add_argument("--input", help="input shape, e.g. 4x1x512x512 (default: data.batch_size/patch_size)")
-    parser.add_argument("--precision", default="32", choices=PRECISIONS, help="bytes per value (default 32)")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else 2
-    try:
-        summary = summarize_config(args.config, args.input, args.precision)
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
-        message = " ".join(str(err).split())
-        print(f"segpipe summary: error: {message}", file=sys.stderr)
-        return 2
-    render(summary)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

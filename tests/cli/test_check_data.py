@@ -104,6 +104,23 @@ def test_a_config_is_checked_against_its_model(tmp_path: Path, monkeypatch, caps
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_config_without_num_classes_is_checked_with_the_fit_parsers_default(tmp_path: Path, capsys):
+    root = write_nnunet(tmp_path / "Dataset005", n=4, channels=1)
+    config = fit_config(root, dims=3)
+    del config["model"]["num_classes"]  # SegmentationTask's default: 2
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    code, out, _ = run([str(tmp_path / "c.yaml")], capsys)
+    assert code == 2
+    assert table_rows(out)[0] == (str(root / "dataset.json"), "declares 3 labels, the model has num_classes=2")
+
+
+def test_a_config_that_does_not_parse_is_one_error_line_naming_it(tmp_path: Path, capsys):
+    (tmp_path / "c.yaml").write_text("model: {num_clases: 3}\n")
+    code, out, err = run([str(tmp_path / "c.yaml")], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"segpipe: error: {tmp_path / 'c.yaml'}: ") and "num_clases" in err
+
+
 def test_fit_refuses_with_the_first_problem_and_the_count(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -134,7 +151,7 @@ def test_targets_that_cannot_be_checked_are_one_error_line(tmp_path: Path, capsy
     (tmp_path / "empty").mkdir()
     code, out, err = run([str(tmp_path / target)], capsys)
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("segpipe check-data: error: ") and message in err
+    assert err.count("\n") == 1 and err.startswith("segpipe: error: ") and message in err
 
 
 @pytest.mark.slow

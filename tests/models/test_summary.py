@@ -1,4 +1,4 @@
-"""``segpipe summary``: the lecture's worked examples, counting rules, and the command line."""
+"""Model summary: the lecture's worked examples and counting rules (the command: tests/cli/test_summary.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from torch import nn
 from segpipe.models import UNet
 from segpipe.models.summary import (
     FUNCTIONAL,
-    main,
-    parse_input_shape,
     precision_bytes,
     render,
     summarize,
@@ -132,91 +130,6 @@ def test_render_prints_a_table(capsys):
     render(summarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True)), (1, 1, 8, 8)))
     out = capsys.readouterr().out
     assert "Conv2d" in out and "in-place" in out and "Training estimate" in out
-
-
-def test_parse_input_shape():
-    assert parse_input_shape("4x1x512x512") == (4, 1, 512, 512)
-    assert parse_input_shape("2,1,16,16,16") == (2, 1, 16, 16, 16)
-    for bad in ("4x1", "4xAx5x5", "0x1x5x5"):
-        with pytest.raises(ValueError, match="--input"):
-            parse_input_shape(bad)
-
-
-def _write_config(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return str(path)
-
-
-CONFIG = """
-model:
-  model: unet
-  spatial_dims: 2
-  in_channels: 1
-  num_classes: 3
-  model_kwargs: {depth: 4, base_channels: 16}
-data:
-  patch_size: [192, 224]
-  batch_size: 8
-"""
-
-
-def test_cli_uses_data_section_for_default_input(tmp_path, capsys):
-    assert main(["--config", _write_config(tmp_path, CONFIG)]) == 0
-    out = capsys.readouterr().out
-    assert "8x1x192x224" in out
-    assert "1,942,323" in out  # parameters of the demo U-Net
-
-
-def test_cli_explicit_input_and_lightning_init_args(tmp_path, capsys):
-    config = """
-model:
-  class_path: segpipe.tasks.SegmentationTask
-  init_args:
-    model: fcn8s
-    spatial_dims: 3
-    in_channels: 2
-    num_classes: 4
-    model_kwargs: {base_channels: 4, fc_channels: 8, fc_kernel: 3}
-"""
-    path = _write_config(tmp_path, config)
-    assert main(["--config", path, "--input", "1x2x17x19x21", "--precision", "bf16-mixed"]) == 0
-    out = capsys.readouterr().out
-    assert "Layers for input 1x2x17x19x21" in out and "ConvTranspose3d" in out
-    assert "precision bf16-mixed" in out
-
-
-def test_cli_default_3d_input(tmp_path, capsys):
-    config = "model: {model: segnet, spatial_dims: 3, num_classes: 2, model_kwargs: {base_channels: 2}}"
-    assert main(["--config", _write_config(tmp_path, config)]) == 0
-    assert "1x1x64x64x64" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("args", "config", "message"),
-    [
-        (["--config", "{missing}"], None, "not found"),
-        (["--input", "4x1xbad"], CONFIG, "--input"),
-        (["--input", "4x3x64x64"], CONFIG, "input channels"),
-        ([], "model: {model: unett}", "did you mean"),
-        ([], "model: [1, 2", "YAML"),
-        ([], "data: {batch_size: 2}", "model:"),
-        ([], "model: {model: unet, model_kwargs: {depht: 3}}", "depht"),
-    ],
-)
-def test_cli_errors_are_one_line(tmp_path, capsys, args, config, message):
-    argv = [a.format(missing=tmp_path / "nope.yaml") for a in args]
-    if config is not None:
-        argv = ["--config", _write_config(tmp_path, config), *argv]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert message.lower() in err.lower()
-
-
-def test_cli_missing_config_argument(capsys):
-    assert main([]) == 2
-    assert "--config" in capsys.readouterr().err
 
 
 def test_benchmark_record_appends_under_its_heading(tmp_path):
