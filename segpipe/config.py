@@ -13,6 +13,7 @@ parses it with the fit parser (:class:`segpipe.cli.fit.SegpipeCLI`'s, jsonargpar
 from __future__ import annotations
 
 import argparse
+import itertools
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +42,7 @@ class _ConfigReader(SegpipeCLI):
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:  # what jsonargparse raises with exit_on_error=False
-            raise ConfigError(f"{_config_files(args)}: {' '.join(str(err).split())}") from None
+            raise ConfigError(f"{_config_files(list(args or []))}: {' '.join(str(err).split())}") from None
         self.parsed = self.config.clone()
         # Reading a config must not seed the process's random generators (LightningCLI would).
         self.config.seed_everything = False
@@ -50,10 +51,9 @@ class _ConfigReader(SegpipeCLI):
         """Nothing is built: callers instantiate the sections they need (:func:`instantiate_data`)."""
 
 
-def _config_files(args: ArgsType) -> str:
+def _config_files(args: list[str]) -> str:
     """The ``--config`` files among ``args``, to name in an error (the command line when there are none)."""
-    args = list(args or [])
-    files = [value for flag, value in zip(args, args[1:], strict=False) if flag == "--config"]
+    files = [value for flag, value in itertools.pairwise(args) if flag == "--config"]
     files += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
     return ", ".join(files) or "the command line"
 
@@ -123,17 +123,18 @@ def training_patch_size(data_args: Mapping[str, Any], spatial_dims: int) -> list
 
 
 def build_network(hparams: Mapping[str, Any]) -> nn.Module:
-    """The task's network from its hyperparameters (:func:`model_hparams`, or a checkpoint's), with the
-    task's defaults for the keys that are absent.
+    """The task's network from its hyperparameters: :func:`model_hparams`, or a checkpoint's
+    ``hyper_parameters`` (the task saves every init argument, defaults included).
 
     Raises:
+        KeyError: for hyperparameters without ``model``, ``spatial_dims``, ``in_channels`` or ``num_classes``.
         ValueError: for an unknown architecture (the message suggests the closest name).
         TypeError: for an option the architecture does not take.
     """
     return build_model(
         str(hparams["model"]),
-        spatial_dims=int(hparams.get("spatial_dims", 2)),
-        in_channels=int(hparams.get("in_channels", 1)),
-        num_classes=int(hparams.get("num_classes", 2)),
+        spatial_dims=int(hparams["spatial_dims"]),
+        in_channels=int(hparams["in_channels"]),
+        num_classes=int(hparams["num_classes"]),
         **dict(hparams.get("model_kwargs") or {}),
     )

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
-from segpipe.errors import ExportError
-from segpipe.export.exporter import FORMATS, ExportResult, export_checkpoint
+from segpipe.cli.usage import CommandParser
+
+if TYPE_CHECKING:  # the exporters load ONNX and the networks: imported when an export runs
+    from segpipe.export.exporter import ExportResult
 
 USAGE_EXAMPLE = """\
 examples:
   segpipe export --ckpt outputs/1/<run>/checkpoints/best.ckpt --format onnx --config configs/demo.yaml
   segpipe export --ckpt best.ckpt --format torchscript --output model.torchscript.pt --input-size 512x512
+  segpipe export --ckpt best.ckpt --config configs/demo.yaml --data.init_args.normalization none
+
+With --config, further arguments override it as for segpipe fit; the checkpoint's own DataModule
+hyperparameters, when it holds them, come first.
 
 The metadata (channels, classes, normalisation, patch size, dynamic axes) goes inside the file
 (ONNX metadata_props / TorchScript _extra_files["segpipe.json"]) and beside it in <output>.json.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one ``segpipe: error:`` line (raised, reported by :func:`main`)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ExportError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """The options of ``segpipe export``; its usage errors raise :class:`segpipe.cli.usage.UsageError`."""
+    parser = CommandParser(
         prog="segpipe export",
         description="Export the network of a segpipe checkpoint for deployment outside Python, with its "
         "preprocessing metadata, and check the exported file against PyTorch.",
@@ -39,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="onnx",
         type=str.lower,
-        choices=FORMATS,
         help="onnx (ONNX Runtime, TensorRT, ...) or torchscript (libtorch); default onnx",
     )
     parser.add_argument("--output", "-o", help="file to write (default: beside the checkpoint)")
@@ -88,27 +86,26 @@ def describe(result: ExportResult) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``segpipe export --ckpt FILE [--format onnx|torchscript] ...``; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        result = export_checkpoint(
-            args.ckpt,
-            args.format,
-            output=args.output,
-            config=args.config,
-            input_size=args.input_size,
-            fixed_size=args.fixed_size,
-            verify=args.verify,
-            opset=args.opset,
-        )
-    except ExportError as err:
-        print(f"segpipe: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+def main(argv: list[str]) -> int:
+    """``segpipe export --ckpt FILE [--format onnx|torchscript] ... [config overrides]``; returns 0.
+
+    Raises:
+        SegpipeError: for a bad option, checkpoint, config or size, or a network that does not export;
+            reported by :func:`segpipe.cli.main`.
+    """
+    args, overrides = build_parser().parse_known_args(argv)
+    from segpipe.export.exporter import export_checkpoint
+
+    result = export_checkpoint(
+        args.ckpt,
+        args.format,
+        output=args.output,
+        config=args.config,
+        config_overrides=overrides,
+        input_size=args.input_size,
+        fixed_size=args.fixed_size,
+        verify=args.verify,
+        opset=args.opset,
+    )
     print("\n".join(describe(result)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,6 @@ The config is read by the fit parser (:mod:`segpipe.config`); the counting is :m
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from segpipe.cli.usage import CommandParser
@@ -18,18 +17,6 @@ if TYPE_CHECKING:
     from segpipe.models.summary import ModelSummary
 
 DEFAULT_SPATIAL_SIZE = {2: 256, 3: 64}
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """Parse ``"4x1x512x512"`` (or comma-separated) into a shape.
-
-    Raises:
-        SegpipeError: if a part is not a positive integer or fewer than three parts are given.
-    """
-    parts = [p for p in re.split(r"[x,\s]+", text.strip().lower()) if p]
-    if len(parts) < 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise SegpipeError(f"--input must look like BxCxHxW or BxCxDxHxW with positive integers, got {text!r}")
-    return tuple(int(p) for p in parts)
 
 
 def default_input_shape(hparams: dict[str, Any], data_args: dict[str, Any]) -> tuple[int, ...]:
@@ -49,10 +36,14 @@ def summarize_config(args: list[str], input_text: str | None, precision: str) ->
             a bad ``input_text`` or precision, or an input whose rank or channels do not fit the model.
     """
     from segpipe.config import data_init_args, model_hparams, read_config
+    from segpipe.models.summary import parse_input_shape
 
     config = read_config(args)
     hparams = model_hparams(config)
-    shape = parse_input_shape(input_text) if input_text else default_input_shape(hparams, data_init_args(config))
+    try:
+        shape = parse_input_shape(input_text) if input_text else default_input_shape(hparams, data_init_args(config))
+    except ValueError as err:
+        raise SegpipeError(str(err)) from None
     spatial_dims, in_channels = int(hparams["spatial_dims"]), int(hparams["in_channels"])
     if len(shape) != spatial_dims + 2 or shape[1] != in_channels:
         raise SegpipeError(

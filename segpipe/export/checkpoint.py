@@ -2,66 +2,43 @@
 
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from segpipe.errors import ExportError
-from segpipe.models import build_model
+from segpipe.config import build_network as network_from_hparams
+from segpipe.errors import CheckpointError, ExportError
+from segpipe.io.checkpoints import safe_load
 
 NET_PREFIX = "net."
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load ``path`` on the CPU with ``torch.load(weights_only=True)``: tensors and plain containers only.
+    """Load ``path`` on the CPU with :func:`segpipe.io.checkpoints.safe_load` (``weights_only=True``).
 
     Checkpoints written by ``segpipe fit`` (or ``Trainer.save_checkpoint`` on a SegmentationTask) hold
-    nothing else, so no global needs allowlisting; one that does is refused rather than unpickled.
+    tensors and plain containers only; one that holds anything else is refused rather than unpickled.
 
     Raises:
         ExportError: for a missing file, a file that is not a torch checkpoint, or one holding objects
             that ``weights_only`` loading does not allow (the message names the first of them).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise ExportError(f"checkpoint not found: {file}")
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found is None:
-            raise ExportError(f"{file}: not a readable torch checkpoint ({_weights_unpickler_error(err)})") from err
-        raise ExportError(
-            f"{file}: refused to load with weights_only=True: it holds a {found.group(1)} object; segpipe "
-            "export reads only checkpoints of tensors and plain containers, as segpipe fit writes them"
-        ) from err
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{file}: not a readable torch checkpoint ({first})") from err
-    if not isinstance(checkpoint, dict):
-        raise ExportError(f"{file}: expected a Lightning checkpoint (a dict), got {type(checkpoint).__name__}")
-    return checkpoint
-
-
-def _weights_unpickler_error(err: Exception) -> str:
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.S)
-    return " ".join(found.group(1).split()) if found else type(err).__name__
+        return safe_load(path)
+    except CheckpointError as err:  # same message; export reports its own error type
+        raise ExportError(str(err)) from None
 
 
 def model_hparams(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> dict[str, Any]:
-    """The task's hyperparameters with SegmentationTask's defaults filled in.
+    """The hyperparameters of the task's network, as SegmentationTask saved them (every init argument).
 
     Returns a dict with ``model``, ``spatial_dims``, ``in_channels``, ``num_classes``, ``model_kwargs``
     and ``class_names`` (``class0``, ``class1``, ... when the checkpoint has none).
 
     Raises:
-        ExportError: if the checkpoint has no ``hyper_parameters`` or no ``model`` among them (not saved by
-            SegmentationTask), or ``class_names`` does not have ``num_classes`` entries.
+        ExportError: if the checkpoint has no ``hyper_parameters``, no ``model`` or another network argument
+            among them (not saved by SegmentationTask), or ``class_names`` does not have ``num_classes`` entries.
     """
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict) or not hparams:
@@ -75,14 +52,17 @@ def model_hparams(checkpoint: dict[str, Any], source: str | Path = "checkpoint")
             f"{source}: the hyperparameters name no segmentation architecture ('model'), so this is not a "
             f"SegmentationTask checkpoint (they hold: {keys})"
         )
-    num_classes = int(hparams.get("num_classes", 2))
+    missing = [key for key in ("spatial_dims", "in_channels", "num_classes") if key not in hparams]
+    if missing:
+        raise ExportError(f"{source}: the hyperparameters lack {', '.join(missing)}, which SegmentationTask saves")
+    num_classes = int(hparams["num_classes"])
     names = hparams.get("class_names") or [f"class{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise ExportError(f"{source}: class_names has {len(names)} names for num_classes={num_classes}")
     return {
         "model": str(hparams["model"]),
-        "spatial_dims": int(hparams.get("spatial_dims", 2)),
-        "in_channels": int(hparams.get("in_channels", 1)),
+        "spatial_dims": int(hparams["spatial_dims"]),
+        "in_channels": int(hparams["in_channels"]),
         "num_classes": num_classes,
         "model_kwargs": dict(hparams.get("model_kwargs") or {}),
         "class_names": [str(n) for n in names],
@@ -98,7 +78,7 @@ def build_network(checkpoint: dict[str, Any], source: str | Path = "checkpoint")
     """
     hp = model_hparams(checkpoint, source)
     try:
-        net = build_model(hp["model"], hp["spatial_dims"], hp["in_channels"], hp["num_classes"], **hp["model_kwargs"])
+        net = network_from_hparams(hp)
     except (ValueError, TypeError) as err:
         raise ExportError(f"{source}: cannot rebuild the network: {' '.join(str(err).split())}") from err
     state = checkpoint.get("state_dict")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -14,9 +15,10 @@ import torch
 from torch import nn
 
 import segpipe
+from segpipe.config import data_init_args, read_config
 from segpipe.errors import ExportError
 from segpipe.export.checkpoint import build_network, load_checkpoint, model_hparams
-from segpipe.export.metadata import preprocessing, read_data_config
+from segpipe.export.metadata import preprocessing
 from segpipe.export.onnx_format import INPUT_NAME, OUTPUT_NAME, SPATIAL_NAMES, onnx_runner, save_onnx
 from segpipe.export.torchscript_format import save_torchscript, torchscript_runner
 from segpipe.export.traceable import plan_export
@@ -86,6 +88,7 @@ def export_checkpoint(
     fmt: str = "onnx",
     output: str | Path | None = None,
     config: str | Path | None = None,
+    config_overrides: Sequence[str] = (),
     input_size: str | None = None,
     fixed_size: bool = False,
     verify: bool = True,
@@ -97,7 +100,10 @@ def export_checkpoint(
         ckpt: Lightning checkpoint of a :class:`segpipe.tasks.SegmentationTask`.
         fmt: ``onnx`` or ``torchscript``.
         output: file to write (default: beside the checkpoint, see :func:`default_output`).
-        config: training YAML whose ``data`` section gives normalisation and patch size.
+        config: training YAML whose data section gives normalisation and patch size (when the checkpoint
+            does not hold the DataModule's hyperparameters), read by the fit parser.
+        config_overrides: command-line overrides of ``config``, as for ``segpipe fit``
+            (e.g. ``["--data.init_args.normalization", "none"]``).
         input_size: spatial size to trace with (default: the patch size, else 256^2 or 64^3); the
             exported size when the spatial size is fixed.
         fixed_size: export for ``input_size`` only, even where the architecture allows any size.
@@ -106,8 +112,9 @@ def export_checkpoint(
         opset: ONNX opset (default: the exporter's).
 
     Raises:
-        ExportError: for a bad checkpoint, config, format or size, a network the exporter rejects, or
-            an export whose outputs differ from PyTorch (the files are then removed).
+        ExportError: for a bad checkpoint, format or size, overrides without a config, a network the
+            exporter rejects, or an export whose outputs differ from PyTorch (the files are then removed).
+        ConfigError: for a config or override that the fit parser rejects.
     """
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
@@ -115,7 +122,9 @@ def export_checkpoint(
     checkpoint = load_checkpoint(ckpt)
     hp = model_hparams(checkpoint, ckpt)
     net = build_network(checkpoint, ckpt)
-    data_config = read_data_config(config) if config is not None else None
+    if config_overrides and config is None:
+        raise ExportError(f"unrecognised arguments {' '.join(config_overrides)} (overrides need --config)")
+    data_config = data_init_args(read_config(["--config", str(config), *config_overrides])) if config else None
     prep = preprocessing(checkpoint, data_config, hp["spatial_dims"], str(config or ""))
     spatial_dims = hp["spatial_dims"]
     if input_size is not None:

@@ -1,19 +1,19 @@
 """Preprocessing metadata stored with an exported network: what a deployment must do to an image first.
 
 Normalisation and patch size are read, in this order, from the checkpoint's datamodule hyperparameters
-(present when the DataModule saved them), the ``data:`` section of the training config given with
-``--config``, or the defaults of segpipe's DataModules (``zscore`` per image or volume). 2D networks
+(present when the DataModule saved them), the data init args of the training config given with
+``--config`` (read by the fit parser, :mod:`segpipe.config`, so the DataModule's defaults and command-line
+overrides hold), or the defaults of segpipe's DataModules (``zscore`` per image or volume). 2D networks
 are trained by :class:`segpipe.data.FolderDataModule`, 3D ones by :class:`segpipe.data.VolumeDataModule`;
 their normalisation modes differ and are described in words for each.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, get_args
 
-import yaml
-
+from segpipe.config import training_patch_size
 from segpipe.errors import ExportError
 from segpipe.preprocessing.normalize import Normalization
 
@@ -34,8 +34,6 @@ FORMULAS: dict[int, dict[str, str]] = {
         "none": "none: the raw intensities as float32",
     },
 }
-# albumentations crops whose output size is the training patch (2D)
-_CROPS = ("RandomCrop", "CenterCrop", "CropNonEmptyMaskIfExists")
 
 
 def normalization_modes(spatial_dims: int) -> tuple[str, ...]:
@@ -47,35 +45,13 @@ def normalization_modes(spatial_dims: int) -> tuple[str, ...]:
     return get_args(Normalization)
 
 
-def read_data_config(path: str | Path) -> dict[str, Any]:
-    """The ``data`` init arguments of a LightningCLI YAML (``data.init_args`` or ``data`` itself).
-
-    Raises:
-        ExportError: if the file is missing, is not YAML, or its ``data`` section is not a mapping.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise ExportError(f"config file not found: {file}")
-    try:
-        config = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ExportError(f"cannot parse {file} as YAML: {' '.join(str(err).split())}") from err
-    if not isinstance(config, dict):
-        raise ExportError(f"{file}: expected a mapping at the top level, got {type(config).__name__}")
-    data = config.get("data") or {}
-    if not isinstance(data, dict):
-        raise ExportError(f"{file}: 'data' must be a mapping, got {data!r}")
-    init_args = data.get("init_args")
-    return dict(init_args) if isinstance(init_args, dict) else dict(data)
-
-
 def _floats(values: Any) -> list[float] | None:
     if values is None:
         return None
     return [float(v) for v in values] if isinstance(values, list | tuple) else [float(values)]
 
 
-def _normalization(settings: dict[str, Any], source: str, spatial_dims: int) -> dict[str, Any]:
+def _normalization(settings: Mapping[str, Any], source: str, spatial_dims: int) -> dict[str, Any]:
     mode = str(settings.get("normalization") or DEFAULT_NORMALIZATION)
     modes = normalization_modes(spatial_dims)
     if mode not in modes:
@@ -104,22 +80,8 @@ def _normalization(settings: dict[str, Any], source: str, spatial_dims: int) -> 
     return info
 
 
-def _patch_size(settings: dict[str, Any], spatial_dims: int) -> list[int] | None:
-    patch = settings.get("patch_size")
-    if isinstance(patch, int):
-        return [patch] * spatial_dims
-    if isinstance(patch, list | tuple) and len(patch) == spatial_dims:
-        return [int(p) for p in patch]
-    for transform in settings.get("train_transforms") or []:
-        if isinstance(transform, dict) and transform.get("name") in _CROPS and spatial_dims == 2:
-            height, width = transform.get("height"), transform.get("width")
-            if isinstance(height, int) and isinstance(width, int):
-                return [height, width]
-    return None
-
-
 def preprocessing(
-    checkpoint: dict[str, Any], data_config: dict[str, Any] | None, spatial_dims: int, config_name: str = ""
+    checkpoint: Mapping[str, Any], data_config: Mapping[str, Any] | None, spatial_dims: int, config_name: str = ""
 ) -> dict[str, Any]:
     """Normalisation, patch size and sliding-window inference of the trained model, with their sources.
 
@@ -132,7 +94,7 @@ def preprocessing(
     """
     datamodule = checkpoint.get("datamodule_hyper_parameters")
     config_source = f"config {config_name}".strip()
-    if isinstance(datamodule, dict) and "normalization" in datamodule:
+    if isinstance(datamodule, Mapping) and "normalization" in datamodule:
         settings, source = datamodule, "checkpoint (datamodule hyperparameters)"
     elif data_config is not None and "normalization" in data_config:
         settings, source = data_config, config_source
@@ -148,7 +110,7 @@ def preprocessing(
         window["blending"] = "gaussian"
     patch, patch_source = None, None
     for candidate, name in ((datamodule, "checkpoint"), (data_config, config_source)):
-        if isinstance(candidate, dict) and (found := _patch_size(candidate, spatial_dims)) is not None:
+        if isinstance(candidate, Mapping) and (found := training_patch_size(candidate, spatial_dims)) is not None:
             patch, patch_source = found, name
             break
     if patch is None and window is not None:

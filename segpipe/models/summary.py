@@ -51,6 +51,7 @@ in-place ReLU outputs as well (``include_inplace=True``) gives 28.7M, so no laye
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -372,3 +373,15 @@ def render(summary: ModelSummary, console: Console | None = None) -> None:
     totals.add_row("Forward activation memory", _bytes(summary.activation_bytes))
     totals.add_row("Training estimate (acts + 4 x params, AdamW)", _bytes(summary.training_bytes_estimate))
     console.print(totals)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """Parse ``"4x1x512x512"`` (or comma-separated) into a shape.
+
+    Raises:
+        ValueError: if a part is not a positive integer or fewer than three parts are given.
+    """
+    parts = [p for p in re.split(r"[x,\s]+", text.strip().lower()) if p]
+    if len(parts) < 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--input must look like BxCxHxW or BxCxDxHxW with positive integers, got {text!r}")
+    return tuple(int(p) for p in parts)

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from segpipe.cli import main
-from segpipe.cli.summary import parse_input_shape
-from segpipe.errors import SegpipeError
 
 
 @pytest.fixture(autouse=True)
@@ -45,14 +43,6 @@ FOLDER_DATA = "data: {class_path: segpipe.data.FolderDataModule, init_args: {roo
 def summary(args: list[str], capsys) -> str:
     assert main(["summary", *args]) == 0
     return capsys.readouterr().out
-
-
-def test_parse_input_shape():
-    assert parse_input_shape("4x1x512x512") == (4, 1, 512, 512)
-    assert parse_input_shape("2,1,16,16,16") == (2, 1, 16, 16, 16)
-    for bad in ("4x1", "4xAx5x5", "0x1x5x5"):
-        with pytest.raises(SegpipeError, match="--input"):
-            parse_input_shape(bad)
 
 
 def test_default_input_is_the_data_batch_and_crop(tmp_path, capsys):

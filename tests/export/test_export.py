@@ -17,7 +17,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from segpipe.cli import main as segpipe_main
-from segpipe.cli.export import main
 from segpipe.export.checkpoint import build_network, load_checkpoint
 from segpipe.export.metadata import FORMULAS, normalization_modes
 from segpipe.export.torchscript_format import read_torchscript_metadata, torchscript_runner
@@ -114,16 +113,22 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-DATA_CONFIG = """\
+FOLDER_DATA = """\
 data:
   class_path: segpipe.data.FolderDataModule
   init_args:
+    root: data/train
+"""
+DATA_CONFIG = (
+    FOLDER_DATA
+    + """\
     normalization: fixed
     mean: [100.5]
     std: [20.0]
     train_transforms:
       - {name: RandomCrop, height: 48, width: 40}
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -231,21 +236,25 @@ def test_torchscript_metadata_inside_and_beside_the_file(exported):
 def test_volume_metadata_ct_window_and_sliding_window(checkpoints: dict[str, Path], tmp_path: Path):
     config = tmp_path / "volumes.yaml"
     config.write_text(
-        "data:\n  class_path: segpipe.data.VolumeDataModule\n  init_args:\n    normalization: ct\n"
-        "    ct_window: [-1000, 1000]\n    ct_mean: 40.0\n    ct_std: 350.0\n"
+        "data:\n  class_path: segpipe.data.VolumeDataModule\n  init_args:\n    root: data\n    normalization: ct\n"
+        "    ct_window: [-1000, 1000]\n    ct_mean: 40.0\n    ct_std: 350.0\n    patch_size: [16, 16, 8]\n"
     )
     out = tmp_path / "unet3d.torchscript.pt"
     args = ["--ckpt", str(checkpoints["unet3d"]), "--format", "torchscript", "-o", str(out), "--no-verify"]
-    assert main([*args, "--config", str(config)]) == 0
+    assert export([*args, "--config", str(config)]) == 0
     meta = sidecar(out)
     norm = meta["normalization"]
     assert norm["mode"] == "ct" and norm["window"] == [-1000.0, 1000.0]
     assert norm["mean"] == [40.0] and norm["std"] == [350.0] and "clip" in norm["formula"]
     assert meta["sliding_window"] == {"roi": [16, 12, 8], "overlap": 0.5, "blending": "gaussian"}
-    # no patch size in the config: the sliding-window size is the patch, and the traced size
-    assert meta["patch_size"] == [16, 12, 8] and meta["patch_size_source"] == "checkpoint (inference_roi)"
-    assert meta["traced_input_shape"] == [1, 1, 16, 12, 8]
+    assert meta["patch_size"] == [16, 16, 8] and meta["patch_size_source"] == f"config {config}"
+    assert meta["traced_input_shape"] == [1, 1, 16, 16, 8]
     assert meta["input"]["shape"] == ["batch", 1, "x", "y", "z"] and meta["input"]["layout"] == "B,C,X,Y,Z"
+    # no config: the sliding-window size is the patch, and the traced size
+    assert export(args) == 0
+    meta = sidecar(out)
+    assert meta["patch_size"] == [16, 12, 8] and meta["patch_size_source"] == "checkpoint (inference_roi)"
+    assert meta["traced_input_shape"] == [1, 1, 16, 12, 8] and meta["normalization"]["mode"] == "zscore"
 
 
 def test_every_normalisation_mode_of_the_datamodules_is_described():
@@ -253,18 +262,66 @@ def test_every_normalisation_mode_of_the_datamodules_is_described():
         assert set(normalization_modes(spatial_dims)) == set(FORMULAS[spatial_dims])
 
 
+def with_datamodule_hparams(ckpt: Path, out: Path, **hparams: Any) -> Path:
+    """A copy of ``ckpt`` holding ``hparams`` as Lightning's ``datamodule_hyper_parameters``."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"] = hparams
+    torch.save(checkpoint, out)
+    return out
+
+
 def test_unknown_normalisation_is_refused(checkpoints: dict[str, Path], tmp_path: Path, capsys):
+    # ct is for volumes only: the fit parser refuses it in a 2D DataModule's config...
     config = tmp_path / "bad.yaml"
-    config.write_text("data:\n  init_args:\n    normalization: ct\n")  # ct is for volumes only
-    assert main(["--ckpt", str(checkpoints["unet"]), "--config", str(config), "--no-verify"]) == 2
+    config.write_text(FOLDER_DATA + "    normalization: ct\n")
+    assert export(["--ckpt", str(checkpoints["unet"]), "--config", str(config), "--no-verify"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"segpipe: error: {config}: ") and "normalization" in line and "'ct'" in line
+    # ... and export refuses it in the hyperparameters a DataModule saved in the checkpoint
+    ckpt = with_datamodule_hparams(checkpoints["unet"], tmp_path / "ct.ckpt", normalization="ct")
+    assert export(["--ckpt", str(ckpt), "--no-verify"]) == 2
     line = _one_error_line(capsys)
     assert "'ct'" in line and "zscore, minmax, fixed, none" in line
+
+
+def test_config_is_read_with_the_fit_parsers_defaults_and_overrides(checkpoints, tmp_path: Path):
+    config = tmp_path / "train.yaml"
+    config.write_text(FOLDER_DATA)
+    out = tmp_path / "unet.torchscript.pt"
+    args = ["--ckpt", str(checkpoints["unet"]), "--format", "torchscript", "-o", str(out), "--no-verify"]
+    assert export([*args, "--config", str(config)]) == 0
+    norm = sidecar(out)["normalization"]
+    assert norm["mode"] == "zscore" and norm["source"] == f"config {config}"  # FolderDataModule's default
+    overrides = ["--data.init_args.normalization", "fixed", "--data.init_args.mean", "[3.5]"]
+    assert export([*args, "--config", str(config), *overrides, "--data.init_args.std", "[2.0]"]) == 0
+    norm = sidecar(out)["normalization"]
+    assert norm["mode"] == "fixed" and norm["mean"] == [3.5] and norm["std"] == [2.0]
+
+
+def test_datamodule_hyperparameters_in_the_checkpoint_come_before_the_config(checkpoints, tmp_path: Path):
+    ckpt = with_datamodule_hparams(
+        checkpoints["unet"], tmp_path / "saved.ckpt", normalization="fixed", mean=[7.0], std=[4.0], patch_size=None
+    )
+    config = tmp_path / "train.yaml"
+    config.write_text(DATA_CONFIG)
+    out = tmp_path / "saved.torchscript.pt"
+    args = ["--ckpt", str(ckpt), "--format", "torchscript", "-o", str(out), "--no-verify", "--config", str(config)]
+    assert export(args) == 0
+    meta = sidecar(out)
+    assert meta["normalization"]["source"] == "checkpoint (datamodule hyperparameters)"
+    assert meta["normalization"]["mean"] == [7.0] and meta["normalization"]["std"] == [4.0]
+    assert meta["patch_size"] == [48, 40] and meta["patch_size_source"] == f"config {config}"
+
+
+def test_overrides_without_a_config_are_refused(checkpoints: dict[str, Path], capsys):
+    assert export(["--ckpt", str(checkpoints["unet"]), "--data.init_args.normalization", "none"]) == 2
+    assert "overrides need --config" in _one_error_line(capsys)
 
 
 def test_default_output_and_normalisation_without_config(checkpoints: dict[str, Path], tmp_path: Path):
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(checkpoints["unet"].read_bytes())
-    assert main(["--ckpt", str(ckpt), "--format", "torchscript", "--input-size", "32", "--no-verify"]) == 0
+    assert export(["--ckpt", str(ckpt), "--format", "torchscript", "--input-size", "32", "--no-verify"]) == 0
     out = tmp_path / "best.torchscript.pt"
     assert out.exists()
     meta = sidecar(out)
@@ -280,7 +337,7 @@ def test_unpadded_unet_is_exported_at_a_fixed_size_and_says_so(
 ):
     ckpt = checkpoints["unet_unpadded"]
     out = tmp_path / f"valid.{fmt}"
-    assert main(["--ckpt", str(ckpt), "--format", fmt, "-o", str(out), "--input-size", "44x36"]) == 0
+    assert export(["--ckpt", str(ckpt), "--format", fmt, "-o", str(out), "--input-size", "44x36"]) == 0
     printed = capsys.readouterr().out
     assert "spatial size fixed" in printed and "padded=false" in printed
     meta = json.loads(out.with_name(out.name + ".json").read_text())
@@ -311,16 +368,16 @@ def test_missing_checkpoint_is_one_error_line(tmp_path: Path, capsys):
 
 
 def test_unknown_format_names_the_choices(checkpoints: dict[str, Path], capsys):
-    assert main(["--ckpt", str(checkpoints["unet"]), "--format", "tflite"]) == 2
+    assert export(["--ckpt", str(checkpoints["unet"]), "--format", "tflite"]) == 2
     line = _one_error_line(capsys)
     assert "'tflite'" in line and "onnx" in line and "torchscript" in line
 
 
 def test_bad_input_size_and_missing_config_are_refused(checkpoints: dict[str, Path], tmp_path: Path, capsys):
-    assert main(["--ckpt", str(checkpoints["unet"]), "--input-size", "64x0"]) == 2
+    assert export(["--ckpt", str(checkpoints["unet"]), "--input-size", "64x0"]) == 2
     assert "--input-size" in _one_error_line(capsys)
-    assert main(["--ckpt", str(checkpoints["unet"]), "--config", str(tmp_path / "no.yaml")]) == 2
-    assert "config file not found" in _one_error_line(capsys)
+    assert export(["--ckpt", str(checkpoints["unet"]), "--config", str(tmp_path / "no.yaml")]) == 2
+    assert "no.yaml" in _one_error_line(capsys)
 
 
 def test_checkpoint_with_pickled_objects_is_refused_not_unpickled(checkpoints: dict[str, Path], tmp_path: Path, capsys):
@@ -328,7 +385,7 @@ def test_checkpoint_with_pickled_objects_is_refused_not_unpickled(checkpoints: d
     checkpoint["hyper_parameters"]["extra"] = Path("somewhere")  # any non-allowlisted class
     bad = tmp_path / "pickled.ckpt"
     torch.save(checkpoint, bad)
-    assert main(["--ckpt", str(bad)]) == 2
+    assert export(["--ckpt", str(bad)]) == 2
     line = _one_error_line(capsys)
     assert "weights_only=True" in line and "PosixPath" in line
 
@@ -338,7 +395,7 @@ def test_checkpoint_of_another_task_is_refused(checkpoints: dict[str, Path], tmp
     checkpoint["hyper_parameters"] = {"encoder": "resnet18", "num_classes": 6}  # e.g. a classifier's
     other = tmp_path / "classifier.ckpt"
     torch.save(checkpoint, other)
-    assert main(["--ckpt", str(other)]) == 2
+    assert export(["--ckpt", str(other)]) == 2
     line = _one_error_line(capsys)
     assert "not a SegmentationTask checkpoint" in line and "encoder, num_classes" in line
 
@@ -346,8 +403,13 @@ def test_checkpoint_of_another_task_is_refused(checkpoints: dict[str, Path], tmp
 def test_non_checkpoint_file_is_refused(tmp_path: Path, capsys):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    assert main(["--ckpt", str(junk)]) == 2
+    assert export(["--ckpt", str(junk)]) == 2
     assert "not a readable torch checkpoint" in _one_error_line(capsys)
+
+
+def export(args: list[str]) -> int:
+    """``segpipe export ARGS`` through the command's one error handler; returns the exit code."""
+    return segpipe_main(["export", *args])
 
 
 class SizeParityNet(nn.Module):
@@ -372,10 +434,10 @@ def test_architecture_that_cannot_export_fails_with_a_clear_message(
     ckpt = tmp_path / "parity.ckpt"
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
     out = tmp_path / f"parity.{fmt}"
-    assert main(["--ckpt", str(ckpt), "--format", fmt, "-o", str(out), "--input-size", "32"]) == 2
+    assert export(["--ckpt", str(ckpt), "--format", fmt, "-o", str(out), "--input-size", "32"]) == 2
     line = _one_error_line(capsys)
     assert "size_parity" in line and fmt in line
     assert not out.exists()  # nothing half-right is left behind
     # a fixed size is honest for such a network, and then exports
-    assert main(["--ckpt", str(ckpt), "--format", fmt, "-o", str(out), "--input-size", "32", "--fixed-size"]) == 0
+    assert export(["--ckpt", str(ckpt), "--format", fmt, "-o", str(out), "--input-size", "32", "--fixed-size"]) == 0
     assert json.loads(out.with_name(out.name + ".json").read_text())["dynamic_spatial"] is False

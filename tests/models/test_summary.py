@@ -13,6 +13,7 @@ from torch import nn
 from segpipe.models import UNet
 from segpipe.models.summary import (
     FUNCTIONAL,
+    parse_input_shape,
     precision_bytes,
     render,
     summarize,
@@ -130,6 +131,14 @@ def test_render_prints_a_table(capsys):
     render(summarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True)), (1, 1, 8, 8)))
     out = capsys.readouterr().out
     assert "Conv2d" in out and "in-place" in out and "Training estimate" in out
+
+
+def test_parse_input_shape():
+    assert parse_input_shape("4x1x512x512") == (4, 1, 512, 512)
+    assert parse_input_shape("2,1,16,16,16") == (2, 1, 16, 16, 16)
+    for bad in ("4x1", "4xAx5x5", "0x1x5x5"):
+        with pytest.raises(ValueError, match="--input"):
+            parse_input_shape(bad)
 
 
 def test_benchmark_record_appends_under_its_heading(tmp_path):
