@@ -42,6 +42,7 @@ COMMANDS = {
     "classify": "segpipe.cli.classify",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TRAINING_COMMANDS = (*LIGHTNING_SUBCOMMANDS, "classify")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"segpipe: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    # Imported here, so that ``segpipe --help`` loads no Lightning.
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     try:
         module = importlib.import_module(COMMANDS[command])
         if command in LIGHTNING_SUBCOMMANDS:
@@ -73,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         # one line whatever the message holds (wrapped library messages span several)
         print(f"segpipe: error: {' '.join(str(err).split())}", file=sys.stderr)
         return err.exit_code
-    except SIGTERMException:  # Lightning's stop at an epoch's end; ResumableCheckpoint wrote last.ckpt
+    except _stopped_by_sigterm(command):  # Lightning's stop at an epoch's end; ResumableCheckpoint wrote last.ckpt
         print("segpipe: error: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
         return 128 + signal.SIGTERM
+
+
+def _stopped_by_sigterm(command: str) -> tuple[type[BaseException], ...]:
+    """Lightning's SIGTERM exception for the commands that train; none (``except ()`` catches nothing) for
+    the others, so that their ``--help`` and runs load no Lightning."""
+    if command not in TRAINING_COMMANDS:
+        return ()
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return (SIGTERMException,)

@@ -13,9 +13,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from segpipe.cli.wiring import atomic_checkpoint_plugins, check_data_for_model
 from segpipe.data.modules.classification import ClassificationFolderDataModule
-from segpipe.errors import SegpipeError
-from segpipe.io.checkpoints import with_atomic_checkpoint_io
 from segpipe.tasks.classification import ClassificationTask
 from segpipe.tracking import MLflowLogger, MLflowSaveConfig
 
@@ -49,28 +48,17 @@ class ClassifyCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
+        kwargs["plugins"] = atomic_checkpoint_plugins(self)
         return super().instantiate_trainer(**kwargs)
 
-    def _check_classes(self) -> None:
-        datamodule = self.datamodule
-        if isinstance(datamodule, ClassificationFolderDataModule):
-            datamodule.prepare_data()
-            names = datamodule.class_names()
-            if len(names) != self.model.hparams.num_classes:
-                raise SegpipeError(
-                    f"{datamodule.root} has {len(names)} classes {names}, "
-                    f"but model.num_classes is {self.model.hparams.num_classes}"
-                )
-
     def before_fit(self) -> None:
-        self._check_classes()
+        check_data_for_model(self.model, self.datamodule, self.trainer, "fit")
 
     def before_validate(self) -> None:
-        self._check_classes()
+        check_data_for_model(self.model, self.datamodule, self.trainer, "validate")
 
     def before_test(self) -> None:
-        self._check_classes()
+        check_data_for_model(self.model, self.datamodule, self.trainer, "test")
 
 
 def run_cli(args: list[str] | None = None) -> ClassifyCLI:
@@ -87,6 +75,10 @@ def run_cli(args: list[str] | None = None) -> ClassifyCLI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``segpipe classify ...``; returns the exit code (SegpipeError is reported by ``segpipe.cli.fit``)."""
+    """``segpipe classify fit|validate|test|predict ...``; returns 0.
+
+    Raises:
+        SegpipeError: a configuration or data problem, reported by :func:`segpipe.cli.main`.
+    """
     run_cli(list(sys.argv[1:] if argv is None else argv))
     return 0

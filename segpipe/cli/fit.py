@@ -1,8 +1,9 @@
-"""The ``segpipe`` command: LightningCLI subcommands plus segpipe's own tools.
+"""``segpipe fit|validate|test|predict``: LightningCLI with segpipe's checkpointing, MLflow and data checks.
 
-segpipe fit|validate|test|predict --config configs/demo.yaml [--trainer.max_epochs 3 ...]
-segpipe summary --config configs/unet.yaml [--input 4x1x512x512]
-segpipe check-data <dataset folder | cases.csv | config.yaml>
+segpipe fit --config configs/demo.yaml [--trainer.max_epochs 3 ...]
+segpipe predict --config configs/demo.yaml --ckpt_path best.ckpt --data.predict_dir scans/
+
+The same parser reads configs for the other commands (:mod:`segpipe.config`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
 from segpipe.cli import DESCRIPTION
-from segpipe.data.requirements import CheckedDataModule
-from segpipe.distributed import is_local_zero
+from segpipe.cli.wiring import atomic_checkpoint_plugins, check_data_for_model
 from segpipe.errors import SegpipeError
 from segpipe.inference import MaskWriter
-from segpipe.io.checkpoints import LAST, check_checkpoint, check_writable, with_atomic_checkpoint_io
+from segpipe.io.checkpoints import LAST, check_checkpoint, check_writable
 from segpipe.tasks import SegmentationTask
 from segpipe.tracking import (
     LogBestModel,
@@ -133,7 +133,7 @@ class SegpipeCLI(LightningCLI):
         # Prediction logs nothing: do not open an empty MLflow run for it.
         if self.subcommand == "predict":
             kwargs["logger"] = False
-        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
+        kwargs["plugins"] = atomic_checkpoint_plugins(self)
         try:
             return super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:
@@ -143,11 +143,7 @@ class SegpipeCLI(LightningCLI):
 
     # ---- checks before anything is written -----------------------------------------------------
     def _check_data(self, stage: str) -> None:
-        # The DataModule checks its data against what the model expects; one process per node checks (and
-        # builds) the data while its siblings wait for it inside fit.
-        requirements = getattr(self.model, "requirements", None)
-        if isinstance(self.datamodule, CheckedDataModule) and callable(requirements) and is_local_zero(self.trainer):
-            self.datamodule.check_for(requirements(), stage)
+        check_data_for_model(self.model, self.datamodule, self.trainer, stage)
 
     def before_fit(self) -> None:
         self._check_data("fit")
