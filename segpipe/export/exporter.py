@@ -119,11 +119,11 @@ def export_checkpoint(
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if config_overrides and config is None:
+        raise ExportError(f"unrecognised arguments {' '.join(config_overrides)} (overrides need --config)")
     checkpoint = load_checkpoint(ckpt)
     hp = model_hparams(checkpoint, ckpt)
     net = build_network(checkpoint, ckpt)
-    if config_overrides and config is None:
-        raise ExportError(f"unrecognised arguments {' '.join(config_overrides)} (overrides need --config)")
     data_config = data_init_args(read_config(["--config", str(config), *config_overrides])) if config else None
     prep = preprocessing(checkpoint, data_config, hp["spatial_dims"], str(config or ""))
     spatial_dims = hp["spatial_dims"]
