@@ -52,7 +52,8 @@ def summarize_config(args: list[str], input_text: str | None, precision: str) ->
         )
     try:
         return _summarize_on_meta(hparams, shape, precision)
-    except (ValueError, TypeError) as err:  # an unknown architecture or option, a bad precision
+    # an unknown architecture or option, a bad precision, an input too small for the network's poolings
+    except (ValueError, TypeError, RuntimeError) as err:
         raise SegpipeError(" ".join(str(err).split())) from None
 
 
@@ -67,7 +68,8 @@ def _summarize_on_meta(hparams: dict[str, Any], shape: tuple[int, ...], precisio
         with torch.device("meta"):
             network = build_network(hparams)
         return summarize(network, shape, precision)
-    except NotImplementedError:  # an operator without a meta kernel: build real weights instead
+    # an operator without a meta kernel, or a library creating tensors on the CPU: build real weights instead
+    except (NotImplementedError, RuntimeError):
         return summarize(build_network(hparams), shape, precision)
 
 
