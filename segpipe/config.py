@@ -79,28 +79,19 @@ def model_hparams(config: Namespace) -> dict[str, Any]:
 
 
 def data_init_args(config: Namespace) -> dict[str, Any]:
-    """The data section's ``init_args`` with the DataModule's defaults (empty when no data is configured)."""
-    data = config.get("data")
-    if data is None:
-        return {}
-    init_args = data.get("init_args")
-    return init_args.as_dict() if init_args is not None else {}
+    """The data section's ``init_args``, the DataModule's defaults filled in (the fit parser requires the section)."""
+    return config.data.init_args.as_dict()
 
 
 def instantiate_data(config: Namespace) -> LightningDataModule:
     """The configured DataModule, built alone (the model and trainer are not).
 
     Raises:
-        ConfigError: when the config names no DataModule.
+        SegpipeError, ValueError: what the DataModule's constructor raises for values it refuses.
     """
-    if config.get("data") is None:
-        raise ConfigError("the config has no data section (data.class_path names the DataModule)")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    try:
-        return parser.instantiate_classes(parser.parse_object({"data": config.data.as_dict()})).data
-    except argparse.ArgumentError as err:
-        raise ConfigError(" ".join(str(err).split())) from None
+    return parser.instantiate_classes(parser.parse_object({"data": config.data.as_dict()})).data
 
 
 def training_patch_size(data_args: Mapping[str, Any], spatial_dims: int) -> list[int] | None:
