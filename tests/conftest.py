@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Lightning binds its log handler to the sys.stderr of its first import: imported here, before any test's
+# output capture, so that a test importing it first does not leave the handler on a closed capture stream.
+import lightning.pytorch  # noqa: F401
 import pytest
 from builders import write_dataset
 
