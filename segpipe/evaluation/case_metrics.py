@@ -13,20 +13,18 @@ times the voxel volume.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
-from rich.console import Console
-from rich.table import Table
 
 CASE_COLUMNS = ("case", "class", "dice", "iou", "hd95", "asd", "volume_pred", "volume_ref")
 SCORE_COLUMNS = ("dice", "iou", "hd95", "asd")
 SUMMARY_COLUMNS = ("class", "metric", "n", "mean", "median", "std")
+
+Rows = list[dict[str, str | float]]
 
 
 def case_metrics(
@@ -35,7 +33,7 @@ def case_metrics(
     class_names: Sequence[str],
     case: str,
     spacing: Sequence[float] | None = None,
-) -> list[dict[str, str | float]]:
+) -> Rows:
     """One row per foreground class for one case.
 
     Args:
@@ -48,6 +46,9 @@ def case_metrics(
     Raises:
         ValueError: when the shapes differ.
     """
+    # Imported here: MONAI loads only when a test is scored, not when the CLI starts.
+    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
+
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from reference {tuple(reference.shape)}")
     num_classes = len(class_names)
@@ -57,7 +58,7 @@ def case_metrics(
     sp = list(spacing) if spacing is not None else None
     dice = compute_dice(pred, ref, include_background=True, ignore_empty=False)[0]
     iou = compute_iou(pred, ref, include_background=True, ignore_empty=False)[0]
-    rows: list[dict[str, str | float]] = []
+    rows: Rows = []
     for c in range(1, num_classes):
         n_pred, n_ref = int(pred[0, c].sum()), int(ref[0, c].sum())
         row: dict[str, str | float] = {"case": case, "class": class_names[c]}
@@ -75,6 +76,46 @@ def case_metrics(
     return rows
 
 
+def spacing_of(batch: dict[str, Any], index: int, spatial_dims: int) -> list[float] | None:
+    """Pixel/voxel size of item ``index``: ``batch["spacing"]``, else the affine of a MONAI MetaTensor."""
+    if "spacing" in batch:
+        return [float(s) for s in torch.as_tensor(batch["spacing"][index]).flatten()]
+    affine = getattr(batch["image"], "affine", None)
+    if isinstance(affine, torch.Tensor) and affine.ndim == 3:
+        return [float(x) for x in affine[index, :spatial_dims, :spatial_dims].double().norm(dim=0)]
+    return None
+
+
+def batch_case_metrics(
+    predictions: torch.Tensor,
+    batch: dict[str, Any],
+    class_names: Sequence[str],
+    ignore_index: int | None = None,
+) -> list[Rows]:
+    """The rows of :func:`case_metrics` for every case of a test batch, one list per case.
+
+    Args:
+        predictions: label maps (B, *spatial).
+        batch: the batch, with ``mask`` (B, *spatial), ``name`` (B names) and, when known, ``spacing``
+            (B, spatial dims) or an ``image`` MetaTensor whose affine gives it.
+        class_names: K names; class 0 (background) is not reported.
+        ignore_index: label whose pixels are scored as background in both maps.
+
+    Raises:
+        ValueError: when a prediction's shape differs from its reference's.
+    """
+    references = batch["mask"].cpu()
+    spatial_dims = references.ndim - 1
+    cases = []
+    for i, name in enumerate(batch["name"]):
+        pred, ref = predictions[i].cpu().clone(), references[i].clone()
+        if ignore_index is not None:
+            pred[ref == ignore_index] = 0
+            ref[ref == ignore_index] = 0
+        cases.append(case_metrics(pred, ref, class_names, str(name), spacing_of(batch, i, spatial_dims)))
+    return cases
+
+
 def summarize_cases(rows: Sequence[dict[str, str | float]]) -> list[dict[str, str | float]]:
     """Per class and metric: cases used (non-NaN), mean, median and (population) std."""
     classes = list(dict.fromkeys(str(r["class"]) for r in rows))
@@ -89,43 +130,3 @@ def summarize_cases(rows: Sequence[dict[str, str | float]]) -> list[dict[str, st
                 {"class": name, "metric": metric, "n": int(values.size), "mean": mean, "median": median, "std": std}
             )
     return summary
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, str | float]], columns: Sequence[str]) -> Path:
-    """Write ``rows`` with a header; floats with 6 significant digits, NaN as an empty cell."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
-    return path
-
-
-def _cell(value: str | float) -> str | float:
-    if not isinstance(value, float):
-        return value
-    return "" if math.isnan(value) else f"{value:.6g}"
-
-
-def summary_table(summary: Sequence[dict[str, str | float]], title: str = "Test metrics per class") -> Table:
-    """A Rich table: one row per class, ``mean ± std (median) n=...`` per metric, NaN cases excluded."""
-    table = Table(title=title, caption="mean ± std (median) n=scored cases; empty classes (NaN) excluded")
-    table.add_column("class")
-    for metric in SCORE_COLUMNS:
-        table.add_column(metric, justify="right")
-    classes = list(dict.fromkeys(str(s["class"]) for s in summary))
-    for name in classes:
-        cells = []
-        for metric in SCORE_COLUMNS:
-            s = next(x for x in summary if x["class"] == name and x["metric"] == metric)
-            if s["n"] == 0:
-                cells.append("n/a n=0")
-            else:
-                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({s['median']:.4f}) n={s['n']}")
-        table.add_row(name, *cells)
-    return table
-
-
-def print_summary(summary: Sequence[dict[str, str | float]], console: Console | None = None) -> None:
-    (console or Console()).print(summary_table(summary))

@@ -33,7 +33,7 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{full_suffix(target)}")
+    tmp = target.with_name(_temporary_name(target, f"{os.getpid()}-{secrets.token_hex(4)}"))
     try:
         yield tmp
         if fsync:
@@ -44,6 +44,21 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _temporary_name(target: Path, tag: str) -> str:
+    return f".{target.name}.{tag}.tmp{full_suffix(target)}"
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Remove the temporary files that killed writes of ``path`` (by :func:`atomic_path`) left beside it.
+
+    Only for targets that one process writes at a time (a rank-zero checkpoint): a concurrent writer's
+    temporary file would be removed too.
+    """
+    target = Path(path)
+    for stale in target.parent.glob(_temporary_name(target, "*")):
+        stale.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -73,6 +88,7 @@ def publish_folder(tmp: Path, target: Path) -> bool:
 
 
 def fsync_file(path: str | Path) -> None:
+    """Flush ``path``'s data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -81,6 +97,7 @@ def fsync_file(path: str | Path) -> None:
 
 
 def fsync_folder(folder: str | Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk; a no-op where the file system cannot."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

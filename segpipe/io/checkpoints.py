@@ -8,12 +8,10 @@ Lightning checkpoint of a segpipe task holds, so no extra globals are allowliste
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pickle
 import re
-import secrets
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +22,7 @@ from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
 from segpipe.errors import CheckpointError, SegpipeError
+from segpipe.io.atomic import atomic_path, remove_stale_temporaries
 
 LAST = "last"  # the --ckpt_path value that resumes the most recent run (segpipe.tracking.resume)
 
@@ -111,10 +110,11 @@ def safe_load(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints atomically and durably; load them with ``weights_only=True``.
 
-    A save goes to a temporary file in the target's folder, is flushed and fsync'ed, then renamed over the
-    target with ``os.replace`` (atomic on POSIX within one file system), and the folder is fsync'ed so the
-    rename survives a power loss. A kill mid-write leaves the previous file intact and a hidden
-    ``.<name>.<random>.tmp`` that the next save of that name removes.
+    A save goes through :func:`segpipe.io.atomic.atomic_path` with ``fsync``: a temporary file in the
+    target's folder, flushed and fsync'ed, renamed over the target with ``os.replace`` (atomic on POSIX
+    within one file system), and the folder fsync'ed so the rename survives a power loss. A kill mid-write
+    leaves the previous file intact and a hidden ``.<name>.<random>.tmp.ckpt`` that the next save of that
+    name removes.
 
     Lightning's own ``_atomic_save`` (TorchCheckpointIO) is not enough: for local paths it writes through an
     fsspec transaction whose temporary file is made by ``tempfile.mkstemp()`` in the system temp folder,
@@ -134,25 +134,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
         target = Path(path)
-        tmp: str | None = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            for stale in target.parent.glob(f".{target.name}.*.tmp"):
-                stale.unlink(missing_ok=True)
-            tmp = str(target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp")
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as umask says, like open()
-            torch.save(checkpoint, tmp)
-            _fsync(tmp)
-            os.replace(tmp, target)
-            tmp = None
-            _fsync_folder(target.parent)
+            remove_stale_temporaries(target)
+            with atomic_path(target, fsync=True) as tmp:
+                torch.save(checkpoint, tmp)
         except OSError as err:
             kept = " (the previous checkpoint is kept)" if target.is_file() else ""
             raise CheckpointError(f"cannot write checkpoint {target}: {_os_problem(err)}{kept}") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> dict:
         # weights_only is forced: Lightning passes None, which torch reads as True only by default (an
@@ -160,25 +148,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if _is_remote(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return safe_load(path, map_location=map_location or (lambda storage, loc: storage))
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as err:  # some file systems cannot fsync a folder; the data itself is on disk
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def with_atomic_checkpoint_io(plugins: Any) -> list[Any]:

@@ -12,6 +12,7 @@ import tifffile
 from PIL import Image
 
 from segpipe.errors import DataError
+from segpipe.io.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -105,9 +106,6 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
     """Write an integer mask as PNG (8-bit, or 16-bit when labels exceed 255)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint8 if mask.max(initial=0) < 256 else np.uint16
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(mask.astype(dtype)).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(dtype)).save(tmp, format="PNG")

@@ -21,7 +21,6 @@ says is refused without decoding it.
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from segpipe.errors import DataError
+from segpipe.io.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".mha", ".mhd")
@@ -349,14 +349,8 @@ def read_label(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
 def _write_nifti(path: Path, image: nib.Nifti1Image) -> None:
     if volume_suffix(path) not in NIFTI_SUFFIXES:
         raise ValueError(f"{path}: volumes are written as NIfTI; use a .nii or .nii.gz name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = volume_suffix(path)
-    tmp = path.with_name(f".{volume_name(path)}.tmp-{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:

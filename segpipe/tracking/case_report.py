@@ -1,4 +1,9 @@
-"""``segpipe test`` report: per-case CSV, per-class summary (console and run), box plots of Dice and HD95."""
+"""``segpipe test`` report: gathers the per-case rows of every process and logs them to the run.
+
+Scoring, the summary, the CSVs and the table are :mod:`segpipe.evaluation`'s; this callback collects
+the rows during ``test``, gathers them across processes and hands the report to MLflow (CSV artifacts,
+box plots, per-class means of HD95 and ASD).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import matplotlib.pyplot as plt
-import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from segpipe.evaluation.case_metrics import (
-    CASE_COLUMNS,
-    SUMMARY_COLUMNS,
-    case_metrics,
-    print_summary,
-    summarize_cases,
-    write_csv,
-)
-from segpipe.tracking.figures import box_plot_figure
-from segpipe.tracking.logger import mlflow_logger, run_folder
-
-
-def spacing_of(batch: dict[str, Any], index: int, spatial_dims: int) -> list[float] | None:
-    """Pixel/voxel size of item ``index``: ``batch["spacing"]``, else the affine of a MONAI MetaTensor."""
-    if "spacing" in batch:
-        return [float(s) for s in torch.as_tensor(batch["spacing"][index]).flatten()]
-    affine = getattr(batch["image"], "affine", None)
-    if isinstance(affine, torch.Tensor) and affine.ndim == 3:
-        return [float(x) for x in affine[index, :spatial_dims, :spatial_dims].double().norm(dim=0)]
-    return None
-
-
-Rows = list[dict[str, str | float]]
+from segpipe.evaluation.case_metrics import Rows, batch_case_metrics
+from segpipe.evaluation.report import print_summary, write_report
+from segpipe.tracking.logger import MLflowLogger, mlflow_logger, run_folder
 
 
 def gather_cases(cases: list[Rows]) -> list[Rows]:
@@ -107,16 +90,8 @@ class TestReport(Callback):
     ) -> None:
         if not self.enabled or not isinstance(outputs, dict) or "prediction" not in outputs:
             return
-        predictions, references = outputs["prediction"].cpu(), batch["mask"].cpu()
         ignore = pl_module.hparams.get("ignore_index")
-        spatial_dims = references.ndim - 1
-        for i, name in enumerate(batch["name"]):
-            pred, ref = predictions[i].clone(), references[i].clone()
-            if ignore is not None:
-                pred[ref == ignore] = 0
-                ref[ref == ignore] = 0
-            spacing = spacing_of(batch, i, spatial_dims)
-            self.cases.append(case_metrics(pred, ref, pl_module.class_names, str(name), spacing))
+        self.cases.extend(batch_case_metrics(outputs["prediction"], batch, pl_module.class_names, ignore))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.enabled:
@@ -130,24 +105,30 @@ class TestReport(Callback):
 
     @rank_zero_only
     def report(self, trainer: pl.Trainer) -> None:
-        summary = summarize_cases(self.rows)
-        folder = self.folder(trainer)
-        cases_csv = write_csv(folder / "test_cases.csv", self.rows, CASE_COLUMNS)
-        summary_csv = write_csv(folder / "test_summary.csv", summary, SUMMARY_COLUMNS)
+        report = write_report(self.folder(trainer), self.rows)
         if self.print_table:
-            print_summary(summary)
-            print(f"Per-case test metrics: {cases_csv}")
+            print_summary(report.summary)
+            print(f"Per-case test metrics: {report.cases_csv}")
         logger = mlflow_logger(trainer)
         if logger is None:
             return
-        logger.log_artifact(cases_csv, "reports")
-        logger.log_artifact(summary_csv, "reports")
-        figure = box_plot_figure(self.rows)
-        logger.log_figure(figure, "figures/test_boxplots.png")
-        plt.close(figure)
+        logger.log_artifact(report.cases_csv, "reports")
+        logger.log_artifact(report.summary_csv, "reports")
+        log_box_plots(logger, report.rows)
         means = {
             f"test/{s['metric']}_{s['class']}": float(s["mean"])
-            for s in summary
+            for s in report.summary
             if s["metric"] in ("hd95", "asd") and s["n"]
         }
         logger.log_metrics(means, step=trainer.global_step)
+
+
+def log_box_plots(logger: MLflowLogger, rows: Rows) -> None:
+    """Log ``figures/test_boxplots.png``: Dice and HD95 per class over the test cases."""
+    import matplotlib.pyplot as plt  # imported here: matplotlib is only needed when a report is logged
+
+    from segpipe.tracking.figures import box_plot_figure
+
+    figure = box_plot_figure(rows)
+    logger.log_figure(figure, "figures/test_boxplots.png")
+    plt.close(figure)

@@ -9,16 +9,17 @@ import time
 from argparse import Namespace
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from matplotlib.figure import Figure
-from mlflow import MlflowClient
-from mlflow.entities import Metric
-from mlflow.utils.async_logging.run_operations import RunOperations
+
+if TYPE_CHECKING:  # mlflow and matplotlib are imported when a run logs, not when the CLI starts
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+    from mlflow.utils.async_logging.run_operations import RunOperations
 
 # MLflow 3 refuses a bare ./mlruns file store; a SQLite file is the embedded default.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -85,14 +86,23 @@ class MLflowLogger(MLFlowLogger):
             run_id=run_id,
             synchronous=synchronous,
         )
+        self.tracking_uri = uri
+        self.synchronous = synchronous
         self.resumed = run_id is not None
         self.failures: dict[str, int] = {}
         self._pending: list[RunOperations] = []
 
     @property
+    def started(self) -> bool:
+        """Whether the run exists already (reading ``run_id`` would otherwise create it)."""
+        # MLFlowLogger keeps this state private and has no public accessor.
+        return self._initialized
+
+    @property
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
-        reopen = not self._initialized and self._run_id is not None
+        # _run_id: the run to reopen, as given to MLFlowLogger; the public run_id would start a run first.
+        reopen = not self.started and self._run_id is not None
         client = super().experiment
         if reopen:
             client.update_run(self._run_id, status="RUNNING")
@@ -106,7 +116,7 @@ class MLflowLogger(MLFlowLogger):
         except Exception as err:  # MLflow raises MlflowException, requests and sqlalchemy errors alike
             if not self.failures:
                 rank_zero_warn(
-                    f"MLflow at {self._tracking_uri} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]});"
+                    f"MLflow at {self.tracking_uri} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]});"
                     f" training continues, {what} is not logged, checkpoints stay on local disk."
                 )
             self.failures[what] = self.failures.get(what, 0) + 1
@@ -122,6 +132,9 @@ class MLflowLogger(MLFlowLogger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log one batch of metrics; asynchronous batches are checked as they complete."""
+        from mlflow.entities import Metric
+        from mlflow.utils.async_logging.run_operations import RunOperations
+
         timestamp = int(time.time() * 1000)
         batch = [
             Metric(key=re.sub(r"[^a-zA-Z0-9_/. -]+", "", key), value=float(value), timestamp=timestamp, step=step or 0)
@@ -130,7 +143,7 @@ class MLflowLogger(MLFlowLogger):
         ]
         self._collect_pending(block=False)
         operation = self.guard(
-            "metrics", lambda: self.experiment.log_batch(self.run_id, metrics=batch, **self._log_batch_kwargs)
+            "metrics", lambda: self.experiment.log_batch(self.run_id, metrics=batch, synchronous=self.synchronous)
         )
         if isinstance(operation, RunOperations):
             self._pending.append(operation)
@@ -139,6 +152,7 @@ class MLflowLogger(MLFlowLogger):
         """Count the failures of finished asynchronous batches (all of them, waiting, when ``block``)."""
         waiting = []
         for operation in self._pending:
+            # RunOperations offers only a blocking wait(); its futures are the one way to ask without waiting.
             if block or all(future.done() for future in operation._operation_futures):
                 self.guard("metrics", operation.wait)
             else:
@@ -154,7 +168,8 @@ class MLflowLogger(MLFlowLogger):
         self.guard("final status", lambda: super(MLflowLogger, self).finalize(status))
         if self.failures:
             lost = ", ".join(f"{n} {what} call(s)" for what, n in self.failures.items())
-            print(f"segpipe: warning: MLflow at {self._tracking_uri} did not record {lost} of run {self._run_id}.")
+            # _run_id: the public run_id would try to start a run on the server that just failed.
+            print(f"segpipe: warning: MLflow at {self.tracking_uri} did not record {lost} of run {self._run_id}.")
 
     @rank_zero_only
     def log_params_once(self, params: Mapping[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from segpipe.io.atomic import write_text
 from segpipe.models.summary import summarize
 from segpipe.tracking.logger import mlflow_logger, run_folder
 
@@ -161,9 +162,9 @@ class RunMetadata(Callback):
         datamodule = trainer.datamodule
         if hasattr(datamodule, "cases"):
             splits = datamodule.cases()
-            path = run_folder(trainer) / SPLITS_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump(split_record(datamodule, splits), sort_keys=False))
+            path = write_text(
+                run_folder(trainer) / SPLITS_FILE, yaml.safe_dump(split_record(datamodule, splits), sort_keys=False)
+            )
             if logger is not None:
                 logger.log_artifact(path, "run")
             params.update(data_fingerprint(splits))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
-import mlflow
-import mlflow.pytorch
 import torch
 from lightning.pytorch.callbacks import Callback
-from mlflow.models import ModelSignature, infer_signature
 
+from segpipe.io.checkpoints import safe_load
 from segpipe.tracking.logger import MLflowLogger, mlflow_logger
 from segpipe.tracking.metadata import as_network_input, sample_shape
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
 
 
 class LogBestModel(Callback):
@@ -38,7 +40,7 @@ class LogBestModel(Callback):
         net = copy.deepcopy(pl_module.net).cpu().eval()
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            state = safe_load(best)["state_dict"]
             net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
         roi = pl_module.hparams.get("inference_roi")
         shape = (1, pl_module.hparams.in_channels, *roi) if roi else sample_shape(trainer.datamodule)
@@ -50,13 +52,18 @@ class LogBestModel(Callback):
             example = as_network_input(example, pl_module.hparams)
         with torch.no_grad():
             output = net(example)
+        from mlflow.models import infer_signature  # imported here: mlflow loads only when a model is logged
+
         signature = infer_signature(example.numpy(), output.numpy())
         logger.guard("model", lambda: self._log(logger, net, example, signature))
 
     def _log(
         self, logger: MLflowLogger, net: torch.nn.Module, example: torch.Tensor, signature: ModelSignature
     ) -> None:
-        mlflow.set_tracking_uri(logger._tracking_uri)
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(logger.tracking_uri)
         with mlflow.start_run(run_id=logger.run_id):
             mlflow.pytorch.log_model(
                 net,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from segpipe.tracking.figures import overlay_figure, representative_slice
 from segpipe.tracking.logger import mlflow_logger
 
 
@@ -47,6 +45,11 @@ class ValidationOverlays(Callback):
         dataset = getattr(loader[0] if isinstance(loader, list) else loader, "dataset", None)
         if dataset is None or not hasattr(dataset, "__len__"):
             return
+        # Imported here: matplotlib loads only when a panel is drawn.
+        import matplotlib.pyplot as plt
+
+        from segpipe.tracking.figures import overlay_figure, representative_slice
+
         images, references, predictions, names = [], [], [], []
         with torch.no_grad():
             for index in fixed_indices(len(dataset), self.num_cases):

@@ -17,7 +17,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from mlflow import MlflowClient
 
 from segpipe.errors import SegpipeError
 from segpipe.io.checkpoints import safe_load
@@ -34,11 +33,11 @@ class RunIdInCheckpoint(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         logger = mlflow_logger(trainer)
-        if logger is not None and logger._initialized:
+        if logger is not None and logger.started:
             checkpoint[CHECKPOINT_KEY] = {
                 "run_id": logger.run_id,
                 "experiment_id": logger.experiment_id,
-                "tracking_uri": logger._tracking_uri,
+                "tracking_uri": logger.tracking_uri,
             }
 
 
@@ -55,6 +54,8 @@ def run_info_from_checkpoint(path: str | Path) -> dict[str, str] | None:
 
 def resumable_run_id(path: str | Path, tracking_uri: str) -> str | None:
     """The run id stored in checkpoint ``path`` if that run exists in ``tracking_uri``, else None (warned)."""
+    from mlflow import MlflowClient  # imported here: only a resumed fit or test needs it
+
     info = run_info_from_checkpoint(path)
     if info is None:
         return None
@@ -80,6 +81,8 @@ def last_checkpoint_of_experiment(
     Raises:
         SegpipeError: the tracking store cannot be read, or no checkpoint exists and one is ``required``.
     """
+    from mlflow import MlflowClient  # imported here: only --ckpt_path last needs it
+
     try:
         experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
     except Exception as err:  # MLflow raises MlflowException, requests and sqlalchemy errors alike

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from segpipe.data.sources.pairing import Case
-from segpipe.evaluation.case_metrics import CASE_COLUMNS, case_metrics, summarize_cases, summary_table, write_csv
+from segpipe.evaluation.case_metrics import CASE_COLUMNS, case_metrics, summarize_cases
+from segpipe.evaluation.report import summary_table, write_csv
 from segpipe.models import build_model
 from segpipe.tracking.case_report import gather_cases
 from segpipe.tracking.config import default_run_name

@@ -210,3 +210,12 @@ def test_ckpt_path_last_is_required_outside_fit(workdir: Path, flat_dataset: Pat
 def test_checkpoints_of_a_plain_model_checkpoint_restore_into_resumable_checkpoint():
     options = {"monitor": "val/dice", "mode": "max", "save_last": True}
     assert ResumableCheckpoint(last_every_n_train_steps=5, **options).state_key == ModelCheckpoint(**options).state_key
+
+
+def test_the_next_save_removes_the_temporary_file_of_a_killed_save(tmp_path: Path):
+    path, io = tmp_path / "last.ckpt", AtomicCheckpointIO()
+    killed = tmp_path / ".last.ckpt.4242-0a0b0c0d.tmp.ckpt"
+    killed.write_bytes(b"PK\x03\x04 half a checkpoint")
+    io.save_checkpoint({"step": torch.tensor(3)}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert io.load_checkpoint(path)["step"] == 3

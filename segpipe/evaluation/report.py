@@ -1,0 +1,80 @@
+"""The per-case report on disk and on the console: ``test_cases.csv``, ``test_summary.csv`` and a Rich table.
+
+Rows come from :mod:`segpipe.evaluation.case_metrics`; this module only writes and shows them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from segpipe.evaluation.case_metrics import CASE_COLUMNS, SCORE_COLUMNS, SUMMARY_COLUMNS, Rows, summarize_cases
+from segpipe.io.atomic import write_text
+
+CASES_FILE = "test_cases.csv"
+SUMMARY_FILE = "test_summary.csv"
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """The written report: per-case rows, their per-class summary and the two CSV files."""
+
+    rows: Rows
+    summary: Rows
+    cases_csv: Path
+    summary_csv: Path
+
+
+def write_report(folder: Path, rows: Rows) -> CaseReport:
+    """Summarise ``rows`` and write ``test_cases.csv`` and ``test_summary.csv`` into ``folder``."""
+    summary = summarize_cases(rows)
+    cases_csv = write_csv(folder / CASES_FILE, rows, CASE_COLUMNS)
+    summary_csv = write_csv(folder / SUMMARY_FILE, summary, SUMMARY_COLUMNS)
+    return CaseReport(rows, summary, cases_csv, summary_csv)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, str | float]], columns: Sequence[str]) -> Path:
+    """Write ``rows`` with a header, atomically; floats with 6 significant digits, NaN as an empty cell."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return write_text(path, text.getvalue())
+
+
+def _cell(value: str | float) -> str | float:
+    if not isinstance(value, float):
+        return value
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def summary_table(summary: Sequence[dict[str, str | float]], title: str = "Test metrics per class") -> Table:
+    """A Rich table: one row per class, ``mean ± std (median) n=...`` per metric, NaN cases excluded."""
+    table = Table(title=title, caption="mean ± std (median) n=scored cases; empty classes (NaN) excluded")
+    table.add_column("class")
+    for metric in SCORE_COLUMNS:
+        table.add_column(metric, justify="right")
+    classes = list(dict.fromkeys(str(s["class"]) for s in summary))
+    for name in classes:
+        cells = []
+        for metric in SCORE_COLUMNS:
+            s = next(x for x in summary if x["class"] == name and x["metric"] == metric)
+            if s["n"] == 0:
+                cells.append("n/a n=0")
+            else:
+                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({s['median']:.4f}) n={s['n']}")
+        table.add_row(name, *cells)
+    return table
+
+
+def print_summary(summary: Sequence[dict[str, str | float]], console: Console | None = None) -> None:
+    """Print :func:`summary_table` of ``summary`` to ``console`` (stdout by default)."""
+    (console or Console()).print(summary_table(summary))
