@@ -69,3 +69,10 @@ def publish(heading: str, table_header: str, rows: list[str], intro: str = "", r
     if record:
         for row in rows:
             append_row(heading, table_header, row, intro)
+
+
+def resolved_config(path: Path) -> dict:
+    """The config at ``path`` as ``segpipe fit`` resolves it (composition, defaults), as plain dicts."""
+    from segpipe.config import read_config
+
+    return read_config(["--config", str(path)]).as_dict()

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, command_line, machine_description, publish
+from _record import ROOT, command_line, machine_description, publish, resolved_config
 
 from segpipe.losses import SegmentationLoss
 from segpipe.models import build_model
@@ -474,10 +474,9 @@ def section_sliding(args: argparse.Namespace, device: torch.device, results: dic
 
 
 def section_loader(args: argparse.Namespace, device: torch.device, results: dict[str, Any]) -> None:
-    import yaml
     from loader import build_datamodule, loader_rate
 
-    config = yaml.safe_load(Path(args.demo_config).read_text())
+    config = resolved_config(Path(args.demo_config))
     config["data"].setdefault("init_args", {})["root"] = str(args.demo_root)
     configured = int(config["data"]["init_args"].get("num_workers", 0))
     batch = next(iter(build_datamodule(config, 0).train_dataloader()))

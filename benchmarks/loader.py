@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, command_line, machine_description, publish
+from _record import ROOT, command_line, machine_description, publish, resolved_config
 
 from segpipe.losses import SegmentationLoss
 from segpipe.models import build_model
@@ -99,7 +98,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/benchmarks.md")
     args = parser.parse_args()
 
-    config = yaml.safe_load(args.config.read_text())
+    config = resolved_config(args.config)
     default_workers = int(config["data"].get("init_args", {}).get("num_workers", 2))
     workers = sorted({*args.workers, default_workers})
     first = build_datamodule(config, 0).train_dataloader()

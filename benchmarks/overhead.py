@@ -32,11 +32,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, command_line, machine_description, publish
+from _record import ROOT, command_line, machine_description, publish, resolved_config
 
 from segpipe.cli.fit import run_cli
 from segpipe.losses import SegmentationLoss
@@ -167,7 +166,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/benchmarks.md")
     args = parser.parse_args()
 
-    config = yaml.safe_load(args.config.read_text())
+    config = resolved_config(args.config)
     samples, batch_size = draw_samples(config, args.steps)
     ratios, bare_ms, segpipe_ms = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
