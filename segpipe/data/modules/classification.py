@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.modules.base import SplitDataModule
 from segpipe.data.sources.pairing import Case, list_files
+from segpipe.data.splits import SPLITS, stratified_split
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES
 from segpipe.transforms import Normalization, build_augmentations
 
-SPLITS = ("train", "val", "test")
 Labelled = list[tuple[Case, int]]
 
 
@@ -37,27 +36,6 @@ class ClassificationDataset(Dataset):
         sample = self.images[index]
         sample["label"] = torch.tensor(self.labels[index], dtype=torch.int64)
         return sample
-
-
-def stratified_split(items: Labelled, val_fraction: float, test_fraction: float, seed: int) -> dict[str, Labelled]:
-    """Split each class separately (seeded), so every split keeps the class proportions.
-
-    Raises:
-        ValueError: if the fractions are outside [0, 1) or sum to 1 or more.
-    """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1), sum < 1")
-    rng = np.random.default_rng(seed)
-    splits: dict[str, Labelled] = {s: [] for s in SPLITS}
-    for label in sorted({label for _, label in items}):
-        members = [item for item in items if item[1] == label]
-        order = rng.permutation(len(members))
-        n_val = round(len(members) * val_fraction)
-        n_test = round(len(members) * test_fraction)
-        splits["val"] += [members[i] for i in order[:n_val]]
-        splits["test"] += [members[i] for i in order[n_val : n_val + n_test]]
-        splits["train"] += [members[i] for i in order[n_val + n_test :]]
-    return splits
 
 
 class ClassificationFolderDataModule(SplitDataModule):

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
 from segpipe.data.checks import DataChecks, DataReport, Expected, check_image_case, check_splits
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.modules.base import SplitDataModule
-from segpipe.data.sources.pairing import Case, list_files, pair_files, split_cases
+from segpipe.data.sources.pairing import Case, list_files, pair_files
+from segpipe.data.splits import SPLITS, split_items
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
 from segpipe.transforms import Normalization, build_augmentations
-
-SPLITS = ("train", "val", "test")
 
 
 class FolderDataModule(DataChecks, SplitDataModule):
@@ -118,7 +118,10 @@ class FolderDataModule(DataChecks, SplitDataModule):
         if self.resolved_layout() == "flat":
             cases, problems = self._pair(self.root)
             try:
-                return split_cases(cases, self.val_fraction, self.test_fraction, self.split_seed), problems
+                splits = split_items(
+                    cases, self.val_fraction, self.test_fraction, self.split_seed, key=attrgetter("name")
+                )
+                return splits, problems
             except ValueError as err:
                 raise DataError(self.root, str(err)) from None
         found: dict[str, list[Case]] = {"train": [], "val": [], "test": []}
