@@ -1,3 +1,4 @@
+import io
 from operator import attrgetter
 from pathlib import Path
 
@@ -95,3 +96,24 @@ def test_check_finds_label_out_of_range_and_channel_mismatch(split_dataset: Path
 def test_unknown_transform_gets_a_suggestion():
     with pytest.raises(ValueError, match="did you mean 'HorizontalFlip'"):
         FolderDataModule(train_transforms=[{"name": "HorizontalFlp"}])
+
+
+def test_datamodules_save_plain_hyperparameters_that_load_with_weights_only(tmp_path: Path):
+    from segpipe.data import VolumeDataModule
+    from segpipe.data.demos.mni2d import MNIDemoDataModule
+    from segpipe.data.modules.classification import ClassificationFolderDataModule
+
+    modules = [
+        FolderDataModule(root=str(tmp_path), train_transforms=[{"name": "HorizontalFlip", "p": 0.5}]),
+        MNIDemoDataModule(root=str(tmp_path), batch_size=3),
+        ClassificationFolderDataModule(root=str(tmp_path)),
+        VolumeDataModule(root=str(tmp_path), patch_size=[8, 8, 8], spacing=(1.0, 1.0, 2.0)),
+    ]
+    for dm in modules:
+        saved = dict(dm.hparams)
+        buffer = io.BytesIO()
+        torch.save({"datamodule_hyper_parameters": saved}, buffer)
+        buffer.seek(0)
+        assert torch.load(buffer, weights_only=True)["datamodule_hyper_parameters"] == saved
+        assert saved["root"] == str(tmp_path)
+    assert modules[1].hparams["batch_size"] == 3 and modules[1].hparams["layout"] == "splits"

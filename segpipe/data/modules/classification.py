@@ -81,6 +81,8 @@ class ClassificationFolderDataModule(SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
+        self.save_hyperparameters()
         self.root = Path(root)
         self.layout = layout
         self.val_fraction = val_fraction

@@ -69,6 +69,8 @@ class FolderDataModule(DataChecks, SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
+        self.save_hyperparameters()
         self.root = Path(root)
         self.images_dir = images_dir
         self.masks_dir = masks_dir

@@ -183,6 +183,8 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
+        self.save_hyperparameters()
         if training_mode not in ("patches", "slices"):
             raise ValueError(f"training_mode must be 'patches' or 'slices', got {training_mode!r}")
         if slice_axis not in (0, 1, 2):
