@@ -13,6 +13,7 @@ from segpipe.data.sources.pairing import pair_by_stem
 from segpipe.data.splits import split_items
 from segpipe.errors import DataError
 from segpipe.io.images import read_image, read_mask
+from segpipe.preprocessing.normalize import pixel_statistics
 
 
 def test_readers_keep_bit_depth_and_channels(tmp_path: Path):
@@ -117,3 +118,27 @@ def test_datamodules_save_plain_hyperparameters_that_load_with_weights_only(tmp_
         assert torch.load(buffer, weights_only=True)["datamodule_hyper_parameters"] == saved
         assert saved["root"] == str(tmp_path)
     assert modules[1].hparams["batch_size"] == 3 and modules[1].hparams["layout"] == "splits"
+
+
+def test_dataset_normalization_uses_every_training_pixel_per_channel(split_dataset: Path):
+    dm = FolderDataModule(root=str(split_dataset), normalization="dataset", batch_size=2, num_workers=0)
+    pixels = np.concatenate(
+        [read_image(p).astype(np.float64).ravel() for p in sorted(split_dataset.glob("train/images/*"))]
+    )
+    statistics = dm.statistics()
+    np.testing.assert_allclose(statistics["mean"], [pixels.mean()], rtol=1e-12)
+    np.testing.assert_allclose(statistics["std"], [pixels.std()], rtol=1e-12)
+    dm.setup("fit")
+    sample = dm.datasets["val"][0]
+    raw = read_image(dm.cases()["val"][0].image)[..., 0].astype(np.float32)
+    expected = (raw - np.float32(statistics["mean"][0])) / np.float32(statistics["std"][0])
+    np.testing.assert_allclose(sample["image"][0].numpy(), expected, rtol=1e-6)
+
+
+def test_pixel_statistics_pool_images_of_different_sizes():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (5, 7, 2)).astype(np.uint8), rng.integers(0, 255, (3, 4, 2)).astype(np.uint8)]
+    mean, std = pixel_statistics(images)
+    pooled = np.concatenate([i.reshape(-1, 2) for i in images]).astype(np.float64)
+    np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, pooled.std(axis=0), rtol=1e-12)

@@ -83,6 +83,8 @@ class ClassificationFolderDataModule(SplitDataModule):
         super().__init__()
         # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
         self.save_hyperparameters()
+        if normalization == "dataset":
+            raise ValueError("normalization 'dataset' is computed by FolderDataModule only: use 'fixed' with mean/std")
         self.root = Path(root)
         self.layout = layout
         self.val_fraction = val_fraction

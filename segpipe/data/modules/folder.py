@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segpipe.data.checks import DataChecks, DataReport, Expected, check_image_case, check_splits
-from segpipe.data.datasets import SegmentationDataset
+from segpipe.data.datasets import SegmentationDataset, training_statistics
 from segpipe.data.modules.base import SplitDataModule
 from segpipe.data.sources.pairing import Case, list_files, pair_files
 from segpipe.data.splits import SPLITS, split_items
@@ -38,7 +38,8 @@ class FolderDataModule(DataChecks, SplitDataModule):
             different sizes.
         num_workers: DataLoader worker processes.
         pin_memory: page-lock batches for faster host-to-GPU copies.
-        normalization: intensity normalisation after augmentation (``zscore`` per image by default).
+        normalization: intensity normalisation after augmentation (``zscore`` per image by default;
+            ``dataset``: z-score with the mean/std of every training pixel, per channel, see :meth:`statistics`).
         mean: per-channel mean for ``normalization: fixed``.
         std: per-channel std for ``normalization: fixed``.
         train_transforms: albumentations pipeline for training, as a list of ``{name: ..., **args}``.
@@ -91,6 +92,7 @@ class FolderDataModule(DataChecks, SplitDataModule):
         self.train_transform = build_augmentations(train_transforms)
         self.eval_transform = build_augmentations(eval_transforms)
         self.predict_batch_size = 1  # images to predict may differ in size
+        self._statistics: dict[str, list[float]] | None = None
 
     # ---- discovery -------------------------------------------------------------------------------
     def resolved_layout(self) -> Literal["splits", "flat"]:
@@ -165,6 +167,23 @@ class FolderDataModule(DataChecks, SplitDataModule):
             return DataReport([err])
         return check_splits(self.root, splits, check_image_case, expected, stage, problems)
 
+    def statistics(self) -> dict[str, list[float]]:
+        """The per-channel ``{"mean": [...], "std": [...]}`` that normalisation uses: with ``normalization:
+        dataset`` computed once from every pixel of the training split's images (the same on every DDP
+        rank: the same files in the same order), with ``fixed`` the configured values; else empty.
+
+        Raises:
+            DataError: when the training images cannot be found or read.
+        """
+        if self._statistics is None:
+            if self.normalization == "dataset":
+                self._statistics = training_statistics(self.cases()["train"], self.root)
+            elif self.normalization == "fixed" and self.mean is not None and self.std is not None:
+                self._statistics = {"mean": list(self.mean), "std": list(self.std)}
+            else:
+                self._statistics = {}
+        return self._statistics
+
     # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
     def split_items(self) -> dict[str, list[Case]]:
         return self.cases()
@@ -177,7 +196,7 @@ class FolderDataModule(DataChecks, SplitDataModule):
             cases,
             self.train_transform if train else self.eval_transform,
             self.normalization,
-            self.mean,
-            self.std,
+            self.statistics().get("mean"),
+            self.statistics().get("std"),
             cache=self.cache,
         )
