@@ -13,6 +13,8 @@ from sklearn.model_selection import KFold
 from segpipe.errors import DataError
 
 SPLITS = ("train", "val", "test")
+# Splits each Lightning stage reads; without a trainer (or for another stage), all of them.
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 T = TypeVar("T")
 DrawnFirst = Literal["test", "val"]
 
@@ -59,7 +61,7 @@ def shuffled_split(
     }
 
 
-def split_items(
+def split_cases(
     items: Sequence[T], val_fraction: float, test_fraction: float, seed: int, key: Callable[[T], str]
 ) -> dict[str, list[T]]:
     """Seeded split of 2D cases (val drawn first, see :func:`shuffled_split`); each split sorted by ``key``.
@@ -120,6 +122,44 @@ def split_names(
         train_idx, val_idx = list(KFold(num_folds, shuffle=True, random_state=seed).split(rest))[fold]
         splits["train"], splits["val"] = [rest[i] for i in train_idx], [rest[i] for i in val_idx]
     return {split: sorted(splits[split]) for split in SPLITS}
+
+
+def check_folds(fold: int | None, num_folds: int) -> None:
+    """Raises:
+    ValueError: for ``num_folds < 2`` or ``fold`` outside 0..num_folds-1.
+    """
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    if fold is not None and not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in 0..{num_folds - 1} (num_folds={num_folds}), got {fold}")
+
+
+def named_splits(
+    items: Sequence[T],
+    name: Callable[[T], str],
+    root: Path,
+    split_file: Path | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    fold: int | None = None,
+    num_folds: int = 5,
+) -> dict[str, list[T]]:
+    """The items of each split, by name: from ``split_file`` when given (unlisted items are left out), else
+    :func:`split_names` (seeded, optionally one fold of ``num_folds``).
+
+    Raises:
+        DataError: naming ``split_file`` when it is bad, or ``root`` for bad fractions or too few cases.
+    """
+    by_name = {name(item): item for item in items}
+    if split_file is not None:
+        names = read_split_file(split_file, list(by_name))
+    else:
+        try:
+            names = split_names(by_name, val_fraction, test_fraction, seed, fold, num_folds)
+        except ValueError as err:
+            raise DataError(root, str(err)) from None
+    return {split: [by_name[n] for n in names[split]] for split in SPLITS}
 
 
 def read_split_file(path: Path, names: Sequence[str]) -> dict[str, list[str]]:

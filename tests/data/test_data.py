@@ -10,7 +10,7 @@ from PIL import Image
 
 from segpipe.data import FolderDataModule
 from segpipe.data.sources.pairing import pair_by_stem
-from segpipe.data.splits import split_items
+from segpipe.data.splits import split_cases
 from segpipe.errors import DataError
 from segpipe.io.images import read_image, read_mask
 from segpipe.preprocessing.normalize import pixel_statistics
@@ -55,9 +55,9 @@ def test_pairing_reports_unpaired_files_by_name(flat_dataset: Path):
 
 def test_seeded_split_is_disjoint_complete_and_reproducible(flat_dataset: Path):
     cases = pair_by_stem(flat_dataset / "images", flat_dataset / "masks", (".png",), (".png",))
-    a = split_items(cases, 0.25, 0.25, seed=3, key=attrgetter("name"))
-    b = split_items(cases, 0.25, 0.25, seed=3, key=attrgetter("name"))
-    c = split_items(cases, 0.25, 0.25, seed=4, key=attrgetter("name"))
+    a = split_cases(cases, 0.25, 0.25, seed=3, key=attrgetter("name"))
+    b = split_cases(cases, 0.25, 0.25, seed=3, key=attrgetter("name"))
+    c = split_cases(cases, 0.25, 0.25, seed=4, key=attrgetter("name"))
     names = {k: {x.name for x in v} for k, v in a.items()}
     assert [len(names[s]) for s in ("train", "val", "test")] == [6, 3, 3]
     assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from segpipe.data.sources.pairing import Case
-from segpipe.data.splits import shuffled_split, split_items, split_names, stratified_split
+from segpipe.data.splits import shuffled_split, split_cases, split_names, stratified_split
 
 NAMES = [f"c{i:02d}" for i in range(11)]
 
@@ -27,7 +27,7 @@ def test_volume_splits_draw_the_test_cases_first():
 
 def test_folder_splits_draw_the_val_cases_first():
     cases = [Case(name, Path(name)) for name in NAMES]
-    splits = split_items(cases, 0.2, 0.3, seed=5, key=attrgetter("name"))
+    splits = split_cases(cases, 0.2, 0.3, seed=5, key=attrgetter("name"))
     assert {split: [c.name for c in chosen] for split, chosen in splits.items()} == {
         "val": ["c07", "c10"],
         "test": ["c01", "c02", "c03"],
@@ -56,4 +56,4 @@ def test_bad_fractions_are_refused_by_every_splitter():
     with pytest.raises(ValueError, match=r"val_fraction \(0\.6\) and test_fraction \(0\.5\)"):
         split_names(NAMES, 0.6, 0.5, seed=0, fold=0)
     with pytest.raises(ValueError, match="sum to less than 1"):
-        split_items(NAMES, 0.6, 0.5, seed=0, key=str)
+        split_cases(NAMES, 0.6, 0.5, seed=0, key=str)

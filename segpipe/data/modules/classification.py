@@ -161,6 +161,6 @@ class ClassificationFolderDataModule(SplitDataModule):
             raise DataError(self.predict_dir, f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [(Case(stem, path), -1) for stem, path in files.items()]
 
-    def make_dataset(self, items: Labelled, train: bool) -> ClassificationDataset:
-        transform = self.train_transform if train else self.eval_transform
+    def make_dataset(self, items: Labelled, split: str) -> ClassificationDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
         return ClassificationDataset(items, transform, self.normalization, self.mean, self.std)

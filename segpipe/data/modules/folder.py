@@ -10,7 +10,7 @@ from segpipe.data.checks import DataChecks, DataReport, Expected, check_image_ca
 from segpipe.data.datasets import SegmentationDataset, training_statistics
 from segpipe.data.modules.base import SplitDataModule
 from segpipe.data.sources.pairing import Case, list_files, pair_files
-from segpipe.data.splits import SPLITS, split_items
+from segpipe.data.splits import SPLITS, split_cases
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
 from segpipe.transforms import Normalization, build_augmentations
@@ -122,7 +122,7 @@ class FolderDataModule(DataChecks, SplitDataModule):
         if self.resolved_layout() == "flat":
             cases, problems = self._pair(self.root)
             try:
-                splits = split_items(
+                splits = split_cases(
                     cases, self.val_fraction, self.test_fraction, self.split_seed, key=attrgetter("name")
                 )
                 return splits, problems
@@ -191,10 +191,10 @@ class FolderDataModule(DataChecks, SplitDataModule):
     def predict_items(self) -> list[Case]:
         return self.predict_cases()
 
-    def make_dataset(self, cases: list[Case], train: bool) -> SegmentationDataset:
+    def make_dataset(self, cases: list[Case], split: str) -> SegmentationDataset:
         return SegmentationDataset(
             cases,
-            self.train_transform if train else self.eval_transform,
+            self.train_transform if split == "train" else self.eval_transform,
             self.normalization,
             self.statistics().get("mean"),
             self.statistics().get("std"),
