@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from segpipe.data.modules.folder import FolderDataModule
+from segpipe.io.atomic import publish_folder
 from segpipe.preprocessing.normalize import Normalization
 
 CLASS_NAMES = ("background", "grey_matter", "white_matter")
@@ -87,12 +88,7 @@ def build_mni_demo(root: str | Path) -> dict[str, list[int]]:
         "slices": splits,
     }
     (tmp / "demo.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(root)
-    except OSError:
-        # Another process (a second DDP rank) finished first; its copy is identical.
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, root)  # another process (a second DDP rank) may have published its identical copy
     return splits
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from segpipe.data.demos.mni2d import MIN_BRAIN_PIXELS, SLAB_PATTERN, _load_template, mni_labels, slab_splits
 from segpipe.data.modules.classification import ClassificationFolderDataModule
+from segpipe.io.atomic import publish_folder
 
 
 def slab_classes(brain_slices: list[int]) -> dict[int, str]:
@@ -49,11 +50,7 @@ def build_slab_classification(root: str | Path) -> dict[int, str]:
         Image.fromarray(image).save(tmp / name / f"mni152_z{z:03d}.png")
     info = {"source": "MNI152 2009a T1, training slabs of the segmentation demo", "labels": classes}
     (tmp / "classes.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, root)  # another process (a second DDP rank) may have published its identical copy
     return classes
 
 
