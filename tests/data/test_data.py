@@ -128,6 +128,11 @@ def test_dataset_normalization_uses_every_training_pixel_per_channel(split_datas
     statistics = dm.statistics()
     np.testing.assert_allclose(statistics["mean"], [pixels.mean()], rtol=1e-12)
     np.testing.assert_allclose(statistics["std"], [pixels.std()], rtol=1e-12)
+    assert (dm.plan().normalization, dm.plan().mean, dm.plan().std) == (
+        "dataset",
+        statistics["mean"],
+        statistics["std"],
+    )
     dm.setup("fit")
     sample = dm.datasets["val"][0]
     raw = read_image(dm.cases()["val"][0].image)[..., 0].astype(np.float32)

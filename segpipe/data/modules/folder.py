@@ -13,6 +13,7 @@ from segpipe.data.sources.pairing import Case, list_files, pair_files
 from segpipe.data.splits import SPLITS, split_cases
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
+from segpipe.preprocessing.plan import PreprocessingPlan
 from segpipe.transforms import Normalization, build_augmentations
 
 
@@ -183,6 +184,18 @@ class FolderDataModule(DataChecks, SplitDataModule):
             else:
                 self._statistics = {}
         return self._statistics
+
+    def plan(self) -> PreprocessingPlan:
+        """The preprocessing decisions of 2D images: the normalisation and its :meth:`statistics` (images keep
+        their pixel grid: no orientation, spacing or crop).
+
+        Raises:
+            DataError: when ``normalization: dataset`` cannot read the training images.
+        """
+        statistics = self.statistics()
+        return PreprocessingPlan(
+            orientation=None, normalization=self.normalization, mean=statistics.get("mean"), std=statistics.get("std")
+        )
 
     # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
     def split_items(self) -> dict[str, list[Case]]:
