@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import write_volumes
+from builders import loader_epoch, same_batches, write_volumes
 from monai.data import list_data_collate
 
 from segpipe.data import VolumeDataModule
@@ -29,34 +29,18 @@ def train_loader(root: Path, cache: str, workers: int = 0) -> ResumableDataLoade
     return dm.train_dataloader()
 
 
-def epoch(loader: ResumableDataLoader, number: int, state: dict | None = None) -> list[dict]:
-    """One pass in Lightning's order: the loader state, the iterator, then set_epoch, then batches."""
-    if state is not None:
-        loader.load_state_dict(state)
-    batches = iter(loader)
-    loader.sampler.set_epoch(number)
-    return list(batches)
-
-
-def assert_same(a: list[dict], b: list[dict]) -> None:
-    assert [x["name"] for x in a] == [x["name"] for x in b]
-    for x, y in zip(a, b, strict=True):
-        torch.testing.assert_close(x["image"], y["image"], rtol=0, atol=0)
-        torch.testing.assert_close(x["mask"], y["mask"], rtol=0, atol=0)
-
-
 @pytest.mark.parametrize(("cache", "workers"), [("none", 0), ("memory", 0), ("disk", 2)])
 def test_a_resumed_volume_epoch_yields_exactly_the_batches_it_had_left(tmp_path: Path, cache: str, workers: int):
     root = write_volumes(tmp_path / "data", n=6)
     reference = train_loader(root, cache)
     assert isinstance(reference, ResumableDataLoader) and isinstance(reference.sampler, TrainingSampler)
     assert reference.collate_fn is list_data_collate
-    uninterrupted = epoch(reference, 1)  # 6 volumes, 3 batches of 2 volumes x 2 patches
+    uninterrupted = loader_epoch(reference, 1)  # 6 volumes, 3 batches of 2 volumes x 2 patches
     assert len(uninterrupted) == 3 and all(batch["image"].shape[0] == 4 for batch in uninterrupted)
-    other_epoch = epoch(train_loader(root, cache), 0)
+    other_epoch = loader_epoch(train_loader(root, cache), 0)
     assert any(not torch.equal(a["image"], b["image"]) for a, b in zip(uninterrupted, other_epoch, strict=True))
     resumed = train_loader(root, cache, workers)
-    rest = epoch(resumed, 1, {"epoch": 1, "batches": 1, "batch_size": 2})
-    assert_same(rest, uninterrupted[1:])  # the same volumes and the same patches, any number of workers
+    rest = loader_epoch(resumed, 1, {"epoch": 1, "batches": 1, "batch_size": 2})
+    assert same_batches(rest, uninterrupted[1:])  # the same volumes and the same patches, any number of workers
     assert resumed.state_dict() == {"epoch": 1, "batches": 3, "batch_size": 2}
-    assert_same(epoch(resumed, 1), uninterrupted)  # only the first pass after loading skips
+    assert same_batches(loader_epoch(resumed, 1), uninterrupted)  # only the first pass after loading skips
