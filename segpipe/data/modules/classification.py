@@ -81,8 +81,9 @@ class ClassificationFolderDataModule(SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
-        self.save_hyperparameters()
+        # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
+        # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
+        self.save_hyperparameters(logger=False)
         if normalization == "dataset":
             raise ValueError("normalization 'dataset' is computed by FolderDataModule only: use 'fixed' with mean/std")
         self.root = Path(root)

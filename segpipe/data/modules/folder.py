@@ -71,8 +71,9 @@ class FolderDataModule(DataChecks, SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
-        self.save_hyperparameters()
+        # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
+        # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
+        self.save_hyperparameters(logger=False)
         self.root = Path(root)
         self.images_dir = images_dir
         self.masks_dir = masks_dir
@@ -171,7 +172,8 @@ class FolderDataModule(DataChecks, SplitDataModule):
     def statistics(self) -> dict[str, list[float]]:
         """The per-channel ``{"mean": [...], "std": [...]}`` that normalisation uses: with ``normalization:
         dataset`` computed once from every pixel of the training split's images (the same on every DDP
-        rank: the same files in the same order), with ``fixed`` the configured values; else empty.
+        rank: the same files in the same order; also written to ``hparams["mean"]``/``["std"]``, so
+        checkpoints hold them), with ``fixed`` the configured values; else empty.
 
         Raises:
             DataError: when the training images cannot be found or read.
@@ -179,6 +181,8 @@ class FolderDataModule(DataChecks, SplitDataModule):
         if self._statistics is None:
             if self.normalization == "dataset":
                 self._statistics = training_statistics(self.cases()["train"], self.root)
+                # Checkpoints then hold the values the weights were trained with (for export and inference).
+                self.hparams.update(self._statistics)
             elif self.normalization == "fixed" and self.mean is not None and self.std is not None:
                 self._statistics = {"mean": list(self.mean), "std": list(self.std)}
             else:

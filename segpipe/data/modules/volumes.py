@@ -178,8 +178,9 @@ class VolumeDataModule(DataChecks, SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        # Plain values only (checkpoints are read with weights_only=True): paths and lists, no objects.
-        self.save_hyperparameters()
+        # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
+        # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
+        self.save_hyperparameters(logger=False)
         # Every setting is checked now rather than in a worker.
         self.sampling = PatchSampling(
             tuple(patch_size), samples_per_volume, foreground_fraction, training_mode, slice_axis
