@@ -20,8 +20,10 @@ DrawnFirst = Literal["test", "val"]
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """Raises:
-    ValueError: for fractions outside [0, 1) or summing to 1 or more.
+    """Refuse held-out shares that leave no training cases.
+
+    Raises:
+        ValueError: for fractions outside [0, 1) or summing to 1 or more.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
@@ -125,8 +127,10 @@ def split_names(
 
 
 def check_folds(fold: int | None, num_folds: int) -> None:
-    """Raises:
-    ValueError: for ``num_folds < 2`` or ``fold`` outside 0..num_folds-1.
+    """Refuse a cross-validation setting that names no fold.
+
+    Raises:
+        ValueError: for ``num_folds < 2`` or ``fold`` outside 0..num_folds-1.
     """
     if num_folds < 2:
         raise ValueError(f"num_folds must be >= 2, got {num_folds}")
