@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.modules.base import SplitDataModule
+from segpipe.data.modules.statistics import ImageStatistics
 from segpipe.data.sources.pairing import Case, list_files
 from segpipe.data.splits import SPLITS, stratified_split
 from segpipe.errors import DataError
@@ -38,7 +39,7 @@ class ClassificationDataset(Dataset):
         return sample
 
 
-class ClassificationFolderDataModule(SplitDataModule):
+class ClassificationFolderDataModule(ImageStatistics, SplitDataModule):
     """Images sorted into one subfolder per class; labels follow the sorted class names.
 
     Layouts (``layout: auto`` picks by what exists)::
@@ -55,7 +56,8 @@ class ClassificationFolderDataModule(SplitDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for val/test/predict (default: ``batch_size``).
         num_workers: DataLoader worker processes.
-        normalization: intensity normalisation (as in :class:`segpipe.data.FolderDataModule`).
+        normalization: intensity normalisation (as in :class:`segpipe.data.FolderDataModule`; ``dataset``:
+            the mean/std of the training split's pixels, see :meth:`statistics`).
         mean: per-channel mean for ``normalization: fixed``.
         std: per-channel std for ``normalization: fixed``.
         train_transforms: albumentations pipeline for training, as a list of ``{name: ..., **args}``.
@@ -84,8 +86,6 @@ class ClassificationFolderDataModule(SplitDataModule):
         # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
         # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
         self.save_hyperparameters(logger=False)
-        if normalization == "dataset":
-            raise ValueError("normalization 'dataset' is computed by FolderDataModule only: use 'fixed' with mean/std")
         self.root = Path(root)
         self.layout = layout
         self.val_fraction = val_fraction
@@ -162,6 +162,12 @@ class ClassificationFolderDataModule(SplitDataModule):
             raise DataError(self.predict_dir, f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [(Case(stem, path), -1) for stem, path in files.items()]
 
+    def statistics_cases(self) -> list[Case]:
+        return [case for case, _ in self.splits()["train"]]
+
     def make_dataset(self, items: Labelled, split: str) -> ClassificationDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
-        return ClassificationDataset(items, transform, self.normalization, self.mean, self.std)
+        statistics = self.statistics()
+        return ClassificationDataset(
+            items, transform, self.normalization, statistics.get("mean"), statistics.get("std")
+        )

@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segpipe.data.checks import DataChecks, DataReport, Expected, check_image_case, check_splits
-from segpipe.data.datasets import SegmentationDataset, training_statistics
+from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.modules.base import SplitDataModule
+from segpipe.data.modules.statistics import ImageStatistics
 from segpipe.data.sources.pairing import Case, list_files, pair_files
 from segpipe.data.splits import SPLITS, split_cases
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
-from segpipe.preprocessing.plan import PreprocessingPlan
 from segpipe.transforms import Normalization, build_augmentations
 
 
-class FolderDataModule(DataChecks, SplitDataModule):
+class FolderDataModule(DataChecks, ImageStatistics, SplitDataModule):
     """Images and integer masks paired by file stem.
 
     Two layouts are read (``layout: auto`` picks by what exists)::
@@ -94,7 +94,6 @@ class FolderDataModule(DataChecks, SplitDataModule):
         self.train_transform = build_augmentations(train_transforms)
         self.eval_transform = build_augmentations(eval_transforms)
         self.predict_batch_size = 1  # images to predict may differ in size
-        self._statistics: dict[str, list[float]] | None = None
 
     # ---- discovery -------------------------------------------------------------------------------
     def resolved_layout(self) -> Literal["splits", "flat"]:
@@ -169,37 +168,8 @@ class FolderDataModule(DataChecks, SplitDataModule):
             return DataReport([err])
         return check_splits(self.root, splits, check_image_case, expected, stage, problems)
 
-    def statistics(self) -> dict[str, list[float]]:
-        """The per-channel ``{"mean": [...], "std": [...]}`` that normalisation uses: with ``normalization:
-        dataset`` computed once from every pixel of the training split's images (the same on every DDP
-        rank: the same files in the same order; also written to ``hparams["mean"]``/``["std"]``, so
-        checkpoints hold them), with ``fixed`` the configured values; else empty.
-
-        Raises:
-            DataError: when the training images cannot be found or read.
-        """
-        if self._statistics is None:
-            if self.normalization == "dataset":
-                self._statistics = training_statistics(self.cases()["train"], self.root)
-                # Checkpoints then hold the values the weights were trained with (for export and inference).
-                self.hparams.update(self._statistics)
-            elif self.normalization == "fixed" and self.mean is not None and self.std is not None:
-                self._statistics = {"mean": list(self.mean), "std": list(self.std)}
-            else:
-                self._statistics = {}
-        return self._statistics
-
-    def plan(self) -> PreprocessingPlan:
-        """The preprocessing decisions of 2D images: the normalisation and its :meth:`statistics` (images keep
-        their pixel grid: no orientation, spacing or crop).
-
-        Raises:
-            DataError: when ``normalization: dataset`` cannot read the training images.
-        """
-        statistics = self.statistics()
-        return PreprocessingPlan(
-            orientation=None, normalization=self.normalization, mean=statistics.get("mean"), std=statistics.get("std")
-        )
+    def statistics_cases(self) -> list[Case]:
+        return self.cases()["train"]
 
     # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
     def split_items(self) -> dict[str, list[Case]]:
