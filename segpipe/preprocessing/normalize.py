@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-Normalization = Literal["zscore", "minmax", "fixed", "dataset", "none"]
+Normalization = Literal["zscore", "minmax", "fixed", "none", "dataset"]
 
 
 def normalization_stats(
