@@ -221,3 +221,22 @@ def write_classes(root: Path, per_class: int = 6, size: tuple[int, int] = (33, 3
             image = np.clip(rng.normal(60 + 120 * label, 15, size), 0, 255).astype(np.uint8)
             Image.fromarray(image).save(root / name / f"img_{i}.png")
     return root
+
+
+def loader_epoch(loader, number: int, state: dict | None = None) -> list[dict]:
+    """One pass of a resumable training loader in Lightning's order: the loader state, the iterator,
+    then ``set_epoch``, then the batches."""
+    if state is not None:
+        loader.load_state_dict(state)
+    batches = iter(loader)
+    loader.sampler.set_epoch(number)
+    return list(batches)
+
+
+def same_batches(a: list[dict], b: list[dict]) -> bool:
+    """Whether two lists of batches hold the same names, and bit-identical images and masks."""
+    import torch  # here, not at the top: conftest sets the thread count before torch is imported
+
+    return [x["name"] for x in a] == [x["name"] for x in b] and all(
+        torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"]) for x, y in zip(a, b, strict=True)
+    )

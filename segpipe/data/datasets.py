@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import albumentations as A
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 from segpipe.data.sources.pairing import Case
 from segpipe.errors import DataError
 from segpipe.io.images import read_image, read_mask
-from segpipe.preprocessing.normalize import Normalization, apply_normalization, normalization_stats
+from segpipe.preprocessing.normalize import Normalization, apply_normalization, normalization_stats, pixel_statistics
 
 
 class SegmentationDataset(Dataset):
@@ -110,3 +111,19 @@ def raise_shape_mismatch(case: Case, image_shape: tuple[int, ...], mask_shape: t
         case.mask or case.image,
         f"mask shape {tuple(mask_shape)} differs from image shape {tuple(image_shape)} ({case.image.name})",
     )
+
+
+def training_statistics(cases: Sequence[Case], root: Path) -> dict[str, list[float]]:
+    """``{"mean": [...], "std": [...]}`` per channel over every pixel of the ``cases``' images as the dataset
+    reads them (:func:`as_augmentable`: 8-bit values stay 0-255), for ``normalization: dataset``.
+
+    Raises:
+        DataError: naming an unreadable image, or the first case when there is none or channel counts differ.
+    """
+    if not cases:
+        raise DataError(root, "normalization 'dataset' needs training images, the train split is empty")
+    try:
+        mean, std = pixel_statistics(as_augmentable(read_image(case.image)) for case in cases)
+    except ValueError as err:
+        raise DataError(cases[0].image, f"{err} (normalization 'dataset')") from None
+    return {"mean": mean, "std": std}

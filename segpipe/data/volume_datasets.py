@@ -17,6 +17,7 @@ from typing import Any
 from monai.data import CacheDataset, Dataset, get_track_meta, set_track_meta
 from monai.transforms import apply_transform
 
+from segpipe.data.sampling import seed_sampling
 from segpipe.data.sources.layouts import VolumeCase
 from segpipe.preprocessing.cache import VolumeCache
 
@@ -43,7 +44,8 @@ class PreprocessedVolumeDataset(Dataset):
     Args:
         cases: the volume cases.
         preprocess: the deterministic steps ``{"case": case} -> item``; with a cache, run on a miss only.
-        transform: the steps after preprocessing (random sampling for training, then tensors).
+        transform: the steps after preprocessing (random sampling for training, then tensors); seeded
+            per sample when the index carries a seed (see :func:`segpipe.data.sampling.seed_sampling`).
         cache: the disk cache of preprocessed items, or None to preprocess every time.
         track_meta: False runs ``transform`` without MONAI's metadata tracking (see the module docstring).
     """
@@ -62,6 +64,7 @@ class PreprocessedVolumeDataset(Dataset):
         self.track_meta = track_meta
 
     def _transform(self, index: int) -> Any:
+        seed_sampling(self.transform, index)
         case: VolumeCase = self.data[index]["case"]
         if self.cache is not None:
             item = self.cache.get(case, lambda: self.preprocess({"case": case}))
@@ -87,5 +90,6 @@ class UntrackedCacheDataset(CacheDataset):
         super().__init__(data, transform, num_workers=num_workers, progress=False, copy_cache=False)
 
     def _transform(self, index: int) -> Any:
+        seed_sampling(self.transform, index)
         with untracked_metadata():
             return super()._transform(index)

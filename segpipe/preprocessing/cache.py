@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +44,7 @@ from monai.data import MetaTensor
 
 from segpipe.data.sources.layouts import VolumeCase
 from segpipe.errors import DataError
+from segpipe.io.atomic import atomic_path, write_text
 
 # Bump when the stored layout or the meaning of an entry changes: every existing entry is then ignored.
 CACHE_FORMAT_VERSION = 1
@@ -249,17 +248,13 @@ class VolumeCache:
         sources = source_fingerprint(case) if sources is None else sources
         meta = {**self._key(sources), "case": case.name, "item": encoder.encode(dict(item), "item")}
         path = self.entry(case)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         payload = {META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8), **encoder.arrays}
         self._make_folder()
         try:
-            with open(tmp, "wb") as file:
+            with atomic_path(path) as tmp, open(tmp, "wb") as file:
                 np.savez(file, **payload)  # ZIP_STORED: uncompressed members, each with a CRC-32
-            os.replace(tmp, path)
         except OSError as err:
             raise DataError(path, f"cannot write the cache entry ({err.strerror or err}); set cache_dir") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def _make_folder(self) -> None:
@@ -268,10 +263,7 @@ class VolumeCache:
             info = self.folder / "signature.json"
             if not info.exists():
                 content = {"format": CACHE_FORMAT_VERSION, "preprocessing": self.signature}
-                text = json.dumps(content, indent=2, default=str)
-                tmp = info.with_name(f".signature.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-                tmp.write_text(text + "\n")
-                os.replace(tmp, info)
+                write_text(info, json.dumps(content, indent=2, default=str) + "\n")
         except OSError as err:
             raise DataError(
                 self.folder, f"cannot create the cache folder ({err.strerror or err}); set cache_dir to a writable one"

@@ -100,3 +100,34 @@ def normalization_steps(
     else:
         steps.append(NormalizeIntensityd("image", channel_wise=True))
     return steps
+
+
+def check_ct_settings(
+    mode: VolumeNormalization,
+    window: Sequence[float] | None,
+    percentiles: Sequence[float] | None,
+    mean: float | None,
+    std: float | None,
+) -> None:
+    """Refuse CT settings that cannot work, before any volume is read.
+
+    Raises:
+        ValueError: for ``ct`` without exactly one valid window (``lo < hi``) or percentile pair
+            (``0 <= lo < hi <= 100``), ``std <= 0``, or only one of ``mean``/``std``.
+    """
+    if mode == "ct":
+        if window is None and percentiles is None:
+            raise ValueError("normalization 'ct' needs ct_window [lo, hi] with lo < hi, or ct_percentiles [lo, hi]")
+        if window is not None and percentiles is not None:
+            raise ValueError(f"set ct_window ({list(window)}) or ct_percentiles ({list(percentiles)}), not both")
+        if window is not None and (len(window) != 2 or window[0] >= window[1]):
+            raise ValueError(f"normalization 'ct' needs ct_window [lo, hi] with lo < hi, got {list(window)}")
+        bad_percentiles = percentiles is not None and (
+            len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100
+        )
+        if bad_percentiles:
+            raise ValueError(f"ct_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, got {list(percentiles)}")
+    if std is not None and std <= 0:
+        raise ValueError(f"ct_std must be > 0, got {std}")
+    if (mean is None) != (std is None):
+        raise ValueError("set both ct_mean and ct_std, or neither (per-volume statistics)")

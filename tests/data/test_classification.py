@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,8 +15,10 @@ from builders import write_classes
 from segpipe.cli import main
 from segpipe.data.demos.mni2d import slab_splits
 from segpipe.data.demos.mni_classification import slab_classes
-from segpipe.data.modules.classification import ClassificationFolderDataModule, stratified_split
+from segpipe.data.modules.classification import ClassificationFolderDataModule
 from segpipe.data.sources.pairing import Case
+from segpipe.data.splits import stratified_split
+from segpipe.io.images import read_image
 from segpipe.models import build_model
 
 
@@ -28,7 +31,7 @@ def test_stratified_split_keeps_every_class_in_every_split():
         "test": {0: 1, 1: 1, 2: 1},
     }
     assert splits == stratified_split(items, 0.2, 0.1, seed=0)
-    with pytest.raises(ValueError, match=r"val_fraction=0\.6 and test_fraction=0\.5"):
+    with pytest.raises(ValueError, match=r"val_fraction \(0\.6\) and test_fraction \(0\.5\)"):
         stratified_split(items, 0.6, 0.5, seed=0)
 
 
@@ -125,3 +128,13 @@ def test_pretrained_unet_config_builds_with_a_classify_checkpoint(tmp_path: Path
     model_config["model_kwargs"]["encoder_weights"] = str(ckpt)
     task = SegmentationTask(**model_config)
     assert torch.equal(task.net.encoder.layer3[0].conv1.weight, classifier.net.encoder.layer3[0].conv1.weight)
+
+
+def test_classification_dataset_normalization_uses_the_training_images(tmp_path: Path):
+    root = write_classes(tmp_path / "classes", per_class=5)
+    dm = ClassificationFolderDataModule(root=str(root), val_fraction=0.4, normalization="dataset", num_workers=0)
+    train = [case for case, _ in dm.splits()["train"]]
+    pixels = np.concatenate([read_image(case.image).astype(np.float64).ravel() for case in train])
+    np.testing.assert_allclose(dm.statistics()["mean"], [pixels.mean()], rtol=1e-12)
+    np.testing.assert_allclose(dm.statistics()["std"], [pixels.std()], rtol=1e-12)
+    assert dm.plan().mean == dm.statistics()["mean"] == dm.hparams["mean"]

@@ -1,3 +1,5 @@
+import io
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +9,11 @@ import torch
 from PIL import Image
 
 from segpipe.data import FolderDataModule
-from segpipe.data.sources.pairing import pair_by_stem, split_cases
+from segpipe.data.sources.pairing import pair_by_stem
+from segpipe.data.splits import split_cases
 from segpipe.errors import DataError
 from segpipe.io.images import read_image, read_mask
+from segpipe.preprocessing.normalize import pixel_statistics
 
 
 def test_readers_keep_bit_depth_and_channels(tmp_path: Path):
@@ -51,9 +55,9 @@ def test_pairing_reports_unpaired_files_by_name(flat_dataset: Path):
 
 def test_seeded_split_is_disjoint_complete_and_reproducible(flat_dataset: Path):
     cases = pair_by_stem(flat_dataset / "images", flat_dataset / "masks", (".png",), (".png",))
-    a = split_cases(cases, 0.25, 0.25, seed=3)
-    b = split_cases(cases, 0.25, 0.25, seed=3)
-    c = split_cases(cases, 0.25, 0.25, seed=4)
+    a = split_cases(cases, 0.25, 0.25, seed=3, key=attrgetter("name"))
+    b = split_cases(cases, 0.25, 0.25, seed=3, key=attrgetter("name"))
+    c = split_cases(cases, 0.25, 0.25, seed=4, key=attrgetter("name"))
     names = {k: {x.name for x in v} for k, v in a.items()}
     assert [len(names[s]) for s in ("train", "val", "test")] == [6, 3, 3]
     assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
@@ -93,3 +97,53 @@ def test_check_finds_label_out_of_range_and_channel_mismatch(split_dataset: Path
 def test_unknown_transform_gets_a_suggestion():
     with pytest.raises(ValueError, match="did you mean 'HorizontalFlip'"):
         FolderDataModule(train_transforms=[{"name": "HorizontalFlp"}])
+
+
+def test_datamodules_save_plain_hyperparameters_that_load_with_weights_only(tmp_path: Path):
+    from segpipe.data import VolumeDataModule
+    from segpipe.data.demos.mni2d import MNIDemoDataModule
+    from segpipe.data.modules.classification import ClassificationFolderDataModule
+
+    modules = [
+        FolderDataModule(root=str(tmp_path), train_transforms=[{"name": "HorizontalFlip", "p": 0.5}]),
+        MNIDemoDataModule(root=str(tmp_path), batch_size=3),
+        ClassificationFolderDataModule(root=str(tmp_path)),
+        VolumeDataModule(root=str(tmp_path), patch_size=[8, 8, 8], spacing=(1.0, 1.0, 2.0)),
+    ]
+    for dm in modules:
+        saved = dict(dm.hparams)
+        buffer = io.BytesIO()
+        torch.save({"datamodule_hyper_parameters": saved}, buffer)
+        buffer.seek(0)
+        assert torch.load(buffer, weights_only=True)["datamodule_hyper_parameters"] == saved
+        assert saved["root"] == str(tmp_path)
+    assert modules[1].hparams["batch_size"] == 3 and modules[1].hparams["layout"] == "splits"
+
+
+def test_dataset_normalization_uses_every_training_pixel_per_channel(split_dataset: Path):
+    dm = FolderDataModule(root=str(split_dataset), normalization="dataset", batch_size=2, num_workers=0)
+    pixels = np.concatenate(
+        [read_image(p).astype(np.float64).ravel() for p in sorted(split_dataset.glob("train/images/*"))]
+    )
+    statistics = dm.statistics()
+    np.testing.assert_allclose(statistics["mean"], [pixels.mean()], rtol=1e-12)
+    np.testing.assert_allclose(statistics["std"], [pixels.std()], rtol=1e-12)
+    assert (dm.plan().normalization, dm.plan().mean, dm.plan().std) == (
+        "dataset",
+        statistics["mean"],
+        statistics["std"],
+    )
+    dm.setup("fit")
+    sample = dm.datasets["val"][0]
+    raw = read_image(dm.cases()["val"][0].image)[..., 0].astype(np.float32)
+    expected = (raw - np.float32(statistics["mean"][0])) / np.float32(statistics["std"][0])
+    np.testing.assert_allclose(sample["image"][0].numpy(), expected, rtol=1e-6)
+
+
+def test_pixel_statistics_pool_images_of_different_sizes():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (5, 7, 2)).astype(np.uint8), rng.integers(0, 255, (3, 4, 2)).astype(np.uint8)]
+    mean, std = pixel_statistics(images)
+    pooled = np.concatenate([i.reshape(-1, 2) for i in images]).astype(np.float64)
+    np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, pooled.std(axis=0), rtol=1e-12)

@@ -6,7 +6,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-import torch
+from builders import loader_epoch, same_batches
 
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.resumable import ResumableDataLoader
@@ -28,21 +28,6 @@ def loader(root: Path, workers: int = 0) -> ResumableDataLoader:
     return ResumableDataLoader(data, batch_size=3, sampler=training_sampler(data, None), num_workers=workers)
 
 
-def epoch(source: ResumableDataLoader, number: int, state: dict | None = None) -> list[dict]:
-    """One pass in Lightning's order: the loader state, the iterator, then set_epoch, then batches."""
-    if state is not None:
-        source.load_state_dict(state)
-    batches = iter(source)
-    source.sampler.set_epoch(number)
-    return list(batches)
-
-
-def same(a: list[dict], b: list[dict]) -> bool:
-    return [x["name"] for x in a] == [x["name"] for x in b] and all(
-        torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"]) for x, y in zip(a, b, strict=True)
-    )
-
-
 @pytest.fixture(autouse=True)
 def run_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PL_GLOBAL_SEED", "5")
@@ -50,18 +35,20 @@ def run_seed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_resumed_epoch_yields_exactly_the_batches_it_had_left(flat_dataset: Path, workers: int):
-    uninterrupted = epoch(loader(flat_dataset), 1)  # 12 cases, 4 batches
-    assert len(uninterrupted) == 4 and not same(uninterrupted, epoch(loader(flat_dataset), 0))
+    uninterrupted = loader_epoch(loader(flat_dataset), 1)  # 12 cases, 4 batches
+    assert len(uninterrupted) == 4 and not same_batches(uninterrupted, loader_epoch(loader(flat_dataset), 0))
     resumed = loader(flat_dataset, workers)
-    rest = epoch(resumed, 1, {"epoch": 1, "batches": 2, "batch_size": 3})
-    assert same(rest, uninterrupted[2:])  # same cases, same flips and crops, any number of workers
+    rest = loader_epoch(resumed, 1, {"epoch": 1, "batches": 2, "batch_size": 3})
+    assert same_batches(rest, uninterrupted[2:])  # same cases, same flips and crops, any number of workers
     assert resumed.state_dict() == {"epoch": 1, "batches": 4, "batch_size": 3}
-    assert same(epoch(resumed, 1), uninterrupted)  # only the first pass after loading skips
+    assert same_batches(loader_epoch(resumed, 1), uninterrupted)  # only the first pass after loading skips
 
 
 def test_a_state_from_another_epoch_or_batch_size_is_not_skipped(flat_dataset: Path):
-    uninterrupted = epoch(loader(flat_dataset), 2)
-    assert same(epoch(loader(flat_dataset), 2, {"epoch": 1, "batches": 4, "batch_size": 3}), uninterrupted)
+    uninterrupted = loader_epoch(loader(flat_dataset), 2)
+    assert same_batches(
+        loader_epoch(loader(flat_dataset), 2, {"epoch": 1, "batches": 4, "batch_size": 3}), uninterrupted
+    )
     with pytest.raises(SegpipeError, match="mid-epoch with batch_size 2, this run has 3"):
         loader(flat_dataset).load_state_dict({"epoch": 2, "batches": 1, "batch_size": 2})
 

@@ -20,6 +20,7 @@ from segpipe.data.volume_datasets import PreprocessedVolumeDataset
 from segpipe.errors import DataError
 from segpipe.io.volumes import write_volume
 from segpipe.preprocessing.cache import META_KEY, VolumeCache
+from segpipe.preprocessing.plan import PreprocessingPlan
 
 
 def disk_module(root: Path, **kwargs) -> VolumeDataModule:
@@ -161,8 +162,8 @@ def test_a_changed_preprocessing_signature_uses_other_entries(data: Path, monkey
     assert_same_item(zscore.volume_cache().load(case), uncached(zscore, case))
     assert float(raw.volume_cache().load(case)["image"].mean()) > 50  # raw intensities, not z-scores
     assert len(reads.paths) == 4  # the two uncached references only
-    # A setting that preprocessing_signature() reports changes the key the same way.
-    monkeypatch.setattr(VolumeDataModule, "preprocessing_signature", lambda self: {"normalization": "future"})
+    # A field of the plan that changes the output changes the key the same way.
+    monkeypatch.setattr(PreprocessingPlan, "output_settings", lambda self: {"normalization": "future"})
     assert not disk_module(data).volume_cache().is_fresh(case)
 
 

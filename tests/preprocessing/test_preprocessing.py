@@ -178,12 +178,12 @@ def test_median_spacing_comes_from_the_training_headers_along_ras_axes(tmp_path:
     np.testing.assert_allclose(dm.dataset_statistics()["median_spacing"], (0.9, 0.7, 2.5), rtol=1e-6)
     voxel_order = VolumeDataModule(root=str(root), split_file="split.yaml", orientation=None)
     np.testing.assert_allclose(voxel_order.dataset_statistics()["median_spacing"], (0.8, 0.8, 2.5), rtol=1e-6)
-    assert dm.preprocessing_signature()["target_spacing"] == dm.dataset_statistics()["median_spacing"]
+    assert dm.plan().spacing == dm.dataset_statistics()["median_spacing"]
     assert yaml.safe_load(yaml.safe_dump(dm.preprocessing_signature())) == dm.preprocessing_signature()
     dm.setup("validate")
     sample = dm.datasets["val"][0]
     np.testing.assert_allclose(spacing_of(sample["geometry"]["resampled_affine"]), (0.9, 0.7, 2.5), atol=1e-6)
-    assert VolumeDataModule(root=str(root), spacing=None).preprocessing_signature()["dataset_statistics"] == {}
+    assert VolumeDataModule(root=str(root), spacing=None).dataset_statistics() == {}
 
 
 def ct_dataset(root: Path) -> dict[str, np.ndarray]:
@@ -220,7 +220,7 @@ def test_ct_percentile_normalisation_uses_the_training_foreground(tmp_path: Path
     np.testing.assert_allclose(stats["ct_clip"], [[lo, hi]], rtol=1e-6)
     np.testing.assert_allclose(stats["ct_mean"], [clipped.mean()], rtol=1e-6)
     np.testing.assert_allclose(stats["ct_std"], [clipped.std()], rtol=1e-6)
-    assert dm.preprocessing_signature()["dataset_statistics"] == stats
+    assert dm.plan().intensity_statistics == stats
 
     dm.setup("validate")
     sample = dm.datasets["val"][0]["image"].numpy()[0]  # ct2: not part of the statistics

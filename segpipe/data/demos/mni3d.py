@@ -35,6 +35,7 @@ from segpipe.data.demos.mni2d import (
     slab_splits,
 )
 from segpipe.data.modules.volumes import VolumeDataModule
+from segpipe.io.atomic import publish_folder
 from segpipe.io.volumes import write_label, write_volume
 
 IN_PLANE_FACTOR = 2
@@ -133,12 +134,7 @@ def build_mni_demo3d(root: str | Path) -> dict[str, list[str]]:
         "slab_z_ranges": slabs,
     }
     (tmp / INFO_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(root)
-    except OSError:
-        # Another process (a second DDP rank) finished first; its copy is identical.
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, root)  # another process (a second DDP rank) may have published its identical copy
     return splits
 
 

@@ -19,6 +19,9 @@ from PIL import Image
 
 from segpipe.data.demos.mni2d import MIN_BRAIN_PIXELS, SLAB_PATTERN, _load_template, mni_labels, slab_splits
 from segpipe.data.modules.classification import ClassificationFolderDataModule
+from segpipe.data.sources.pairing import Case
+from segpipe.io.atomic import publish_folder
+from segpipe.preprocessing.normalize import Normalization
 
 
 def slab_classes(brain_slices: list[int]) -> dict[int, str]:
@@ -49,19 +52,25 @@ def build_slab_classification(root: str | Path) -> dict[int, str]:
         Image.fromarray(image).save(tmp / name / f"mni152_z{z:03d}.png")
     info = {"source": "MNI152 2009a T1, training slabs of the segmentation demo", "labels": classes}
     (tmp / "classes.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, root)  # another process (a second DDP rank) may have published its identical copy
     return classes
 
 
 class MNISlabClassificationDataModule(ClassificationFolderDataModule):
-    """:class:`ClassificationFolderDataModule` over the slab-classification demo; builds it on first use."""
+    """:class:`ClassificationFolderDataModule` over the slab-classification demo; builds it on first use.
 
-    def __init__(self, root: str = "data/demo_slabs", **kwargs: object) -> None:
-        super().__init__(root=root, layout="flat", **kwargs)  # type: ignore[arg-type]
+    ``normalization: dataset`` (the default) takes the mean and std of every image of the demo: they are
+    the segmentation demo's training slices, so the encoder sees the same intensities in both tasks (the
+    segmentation demo's statistics, 49.06 and 81.99).
+    """
+
+    def __init__(
+        self, root: str = "data/demo_slabs", normalization: Normalization = "dataset", **kwargs: object
+    ) -> None:
+        super().__init__(root=root, layout="flat", normalization=normalization, **kwargs)  # type: ignore[arg-type]
+
+    def statistics_cases(self) -> list[Case]:
+        return [case for split in self.splits().values() for case, _ in split]
 
     def prepare_data(self) -> None:
         if not (self.root / "classes.yaml").is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from segpipe.data.resumable import ResumableDataLoader
+from segpipe.data.splits import SPLITS
 from segpipe.distributed import loader_sampling
 
 
@@ -20,9 +22,13 @@ class SplitDataModule(pl.LightningDataModule, ABC):
     1 or N processes for one seed), val/test from :func:`~segpipe.distributed.evaluation_sampler` (every
     case once across ranks, no padding with repeated cases).
 
+    Training loaders are :class:`~segpipe.data.resumable.ResumableDataLoader`s: an interrupted epoch
+    resumes with exactly the batches it had left.
+
     Subclasses set ``batch_size``, ``eval_batch_size``, ``num_workers`` (and optionally ``pin_memory``,
     ``predict_batch_size``) and implement :meth:`split_items`, :meth:`predict_items` and
-    :meth:`make_dataset`.
+    :meth:`make_dataset`; they may narrow :meth:`stage_splits` (datasets that are costly to build) and
+    choose a :meth:`collate_fn` per split.
     """
 
     batch_size: int
@@ -44,15 +50,24 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         """The items of ``segpipe predict``."""
 
     @abstractmethod
-    def make_dataset(self, items: list[Any], train: bool) -> Dataset:
-        """The dataset of one split's ``items``, with the training or the evaluation transform."""
+    def make_dataset(self, items: list[Any], split: str) -> Dataset:
+        """The dataset of ``split``'s ``items`` (``train``: the training transform; ``predict``: no labels)."""
+
+    def stage_splits(self, stage: str) -> Sequence[str]:
+        """The splits :meth:`setup` builds datasets for in ``stage`` (all three by default)."""
+        return SPLITS
+
+    def collate_fn(self, split: str) -> Callable[[list[Any]], Any] | None:
+        """How the items of ``split`` become a batch (None: PyTorch's default collate)."""
+        return None
 
     def setup(self, stage: str) -> None:
         if stage == "predict":
-            self.datasets["predict"] = self.make_dataset(self.predict_items(), train=False)
+            self.datasets["predict"] = self.make_dataset(self.predict_items(), "predict")
             return
-        for split, items in self.split_items().items():
-            self.datasets[split] = self.make_dataset(items, train=split == "train")
+        items = self.split_items()
+        for split in self.stage_splits(stage):
+            self.datasets[split] = self.make_dataset(items[split], split)
 
     def loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         """The DataLoader of ``split``; ``shuffle`` for training (seeded, rank-sharded)."""
@@ -67,6 +82,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
+            collate_fn=self.collate_fn(split),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.modules.base import SplitDataModule
+from segpipe.data.modules.statistics import ImageStatistics
 from segpipe.data.sources.pairing import Case, list_files
+from segpipe.data.splits import SPLITS, stratified_split
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES
 from segpipe.transforms import Normalization, build_augmentations
 
-SPLITS = ("train", "val", "test")
 Labelled = list[tuple[Case, int]]
 
 
@@ -39,28 +39,7 @@ class ClassificationDataset(Dataset):
         return sample
 
 
-def stratified_split(items: Labelled, val_fraction: float, test_fraction: float, seed: int) -> dict[str, Labelled]:
-    """Split each class separately (seeded), so every split keeps the class proportions.
-
-    Raises:
-        ValueError: if the fractions are outside [0, 1) or sum to 1 or more.
-    """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1), sum < 1")
-    rng = np.random.default_rng(seed)
-    splits: dict[str, Labelled] = {s: [] for s in SPLITS}
-    for label in sorted({label for _, label in items}):
-        members = [item for item in items if item[1] == label]
-        order = rng.permutation(len(members))
-        n_val = round(len(members) * val_fraction)
-        n_test = round(len(members) * test_fraction)
-        splits["val"] += [members[i] for i in order[:n_val]]
-        splits["test"] += [members[i] for i in order[n_val : n_val + n_test]]
-        splits["train"] += [members[i] for i in order[n_val + n_test :]]
-    return splits
-
-
-class ClassificationFolderDataModule(SplitDataModule):
+class ClassificationFolderDataModule(ImageStatistics, SplitDataModule):
     """Images sorted into one subfolder per class; labels follow the sorted class names.
 
     Layouts (``layout: auto`` picks by what exists)::
@@ -77,7 +56,8 @@ class ClassificationFolderDataModule(SplitDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for val/test/predict (default: ``batch_size``).
         num_workers: DataLoader worker processes.
-        normalization: intensity normalisation (as in :class:`segpipe.data.FolderDataModule`).
+        normalization: intensity normalisation (as in :class:`segpipe.data.FolderDataModule`; ``dataset``:
+            the mean/std of the training split's pixels, see :meth:`statistics`).
         mean: per-channel mean for ``normalization: fixed``.
         std: per-channel std for ``normalization: fixed``.
         train_transforms: albumentations pipeline for training, as a list of ``{name: ..., **args}``.
@@ -103,6 +83,9 @@ class ClassificationFolderDataModule(SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
+        # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
+        self.save_hyperparameters(logger=False)
         self.root = Path(root)
         self.layout = layout
         self.val_fraction = val_fraction
@@ -179,6 +162,12 @@ class ClassificationFolderDataModule(SplitDataModule):
             raise DataError(self.predict_dir, f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return [(Case(stem, path), -1) for stem, path in files.items()]
 
-    def make_dataset(self, items: Labelled, train: bool) -> ClassificationDataset:
-        transform = self.train_transform if train else self.eval_transform
-        return ClassificationDataset(items, transform, self.normalization, self.mean, self.std)
+    def statistics_cases(self) -> list[Case]:
+        return [case for case, _ in self.splits()["train"]]
+
+    def make_dataset(self, items: Labelled, split: str) -> ClassificationDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
+        statistics = self.statistics()
+        return ClassificationDataset(
+            items, transform, self.normalization, statistics.get("mean"), statistics.get("std")
+        )

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
 from segpipe.data.checks import DataChecks, DataReport, Expected, check_image_case, check_splits
 from segpipe.data.datasets import SegmentationDataset
 from segpipe.data.modules.base import SplitDataModule
-from segpipe.data.sources.pairing import Case, list_files, pair_files, split_cases
+from segpipe.data.modules.statistics import ImageStatistics
+from segpipe.data.sources.pairing import Case, list_files, pair_files
+from segpipe.data.splits import SPLITS, split_cases
 from segpipe.errors import DataError
 from segpipe.io.images import IMAGE_SUFFIXES, MASK_SUFFIXES
 from segpipe.transforms import Normalization, build_augmentations
 
-SPLITS = ("train", "val", "test")
 
-
-class FolderDataModule(DataChecks, SplitDataModule):
+class FolderDataModule(DataChecks, ImageStatistics, SplitDataModule):
     """Images and integer masks paired by file stem.
 
     Two layouts are read (``layout: auto`` picks by what exists)::
@@ -38,7 +39,8 @@ class FolderDataModule(DataChecks, SplitDataModule):
             different sizes.
         num_workers: DataLoader worker processes.
         pin_memory: page-lock batches for faster host-to-GPU copies.
-        normalization: intensity normalisation after augmentation (``zscore`` per image by default).
+        normalization: intensity normalisation after augmentation (``zscore`` per image by default;
+            ``dataset``: z-score with the mean/std of every training pixel, per channel, see :meth:`statistics`).
         mean: per-channel mean for ``normalization: fixed``.
         std: per-channel std for ``normalization: fixed``.
         train_transforms: albumentations pipeline for training, as a list of ``{name: ..., **args}``.
@@ -69,6 +71,9 @@ class FolderDataModule(DataChecks, SplitDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
+        # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
+        self.save_hyperparameters(logger=False)
         self.root = Path(root)
         self.images_dir = images_dir
         self.masks_dir = masks_dir
@@ -118,7 +123,10 @@ class FolderDataModule(DataChecks, SplitDataModule):
         if self.resolved_layout() == "flat":
             cases, problems = self._pair(self.root)
             try:
-                return split_cases(cases, self.val_fraction, self.test_fraction, self.split_seed), problems
+                splits = split_cases(
+                    cases, self.val_fraction, self.test_fraction, self.split_seed, key=attrgetter("name")
+                )
+                return splits, problems
             except ValueError as err:
                 raise DataError(self.root, str(err)) from None
         found: dict[str, list[Case]] = {"train": [], "val": [], "test": []}
@@ -160,6 +168,9 @@ class FolderDataModule(DataChecks, SplitDataModule):
             return DataReport([err])
         return check_splits(self.root, splits, check_image_case, expected, stage, problems)
 
+    def statistics_cases(self) -> list[Case]:
+        return self.cases()["train"]
+
     # ---- datasets (loaders: SplitDataModule) ----------------------------------------------------------
     def split_items(self) -> dict[str, list[Case]]:
         return self.cases()
@@ -167,12 +178,12 @@ class FolderDataModule(DataChecks, SplitDataModule):
     def predict_items(self) -> list[Case]:
         return self.predict_cases()
 
-    def make_dataset(self, cases: list[Case], train: bool) -> SegmentationDataset:
+    def make_dataset(self, cases: list[Case], split: str) -> SegmentationDataset:
         return SegmentationDataset(
             cases,
-            self.train_transform if train else self.eval_transform,
+            self.train_transform if split == "train" else self.eval_transform,
             self.normalization,
-            self.mean,
-            self.std,
+            self.statistics().get("mean"),
+            self.statistics().get("std"),
             cache=self.cache,
         )

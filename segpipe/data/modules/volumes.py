@@ -1,36 +1,33 @@
 """DataModule for 3D volumes (NIfTI, NRRD/MHA/MHD, DICOM series, NumPy) and label volumes, trained on
-random patches or slices.
+random patches or slices. It composes, and holds no logic of its own beyond wiring:
 
-Layouts are found by :mod:`segpipe.data.sources.layouts`, splits made by :mod:`segpipe.data.splits`, the data
-checked by :mod:`segpipe.data.checks`, and every case is read through :mod:`segpipe.data.sources.volume_cases`
-(and :mod:`segpipe.io.volumes`), so a bad file is reported as a :class:`DataError` naming it.
-Preprocessed volumes may be cached in memory or on disk (:mod:`segpipe.preprocessing.cache`).
+- discovery: :mod:`segpipe.data.sources.layouts` (every case read through
+  :mod:`segpipe.data.sources.volume_cases`, so a bad file is a :class:`DataError` naming it);
+- splits: :func:`segpipe.data.splits.named_splits`;
+- checks: :mod:`segpipe.data.checks`;
+- preprocessing: a :class:`~segpipe.preprocessing.plan.PreprocessingPlan` resolved from the arguments and
+  the fingerprint (:mod:`segpipe.preprocessing.fingerprint`), turned into steps by
+  :func:`segpipe.preprocessing.steps.volume_preprocessing`, cached in memory or on disk
+  (:mod:`segpipe.preprocessing.cache`, keyed on the plan);
+- sampling: :class:`segpipe.data.sampling.PatchSampling`;
+- loaders: :class:`~segpipe.data.modules.base.SplitDataModule` (DDP samplers, resumable training loader).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
-import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
-from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
-from monai.transforms import (
-    Compose,
-    DeleteItemsd,
-    EnsureTyped,
-    FgBgToIndicesd,
-    RandCropByPosNegLabeld,
-    SpatialPadd,
-    SqueezeDimd,
-    Transform,
-)
+from monai.data import CacheDataset, Dataset, list_data_collate
+from monai.transforms import Compose, Transform
 
 from segpipe.data.checks import DataChecks, DataReport, check_splits, check_volume_case, expectations
+from segpipe.data.modules.base import SplitDataModule
 from segpipe.data.requirements import ModelRequirements
+from segpipe.data.sampling import PatchSampling, TrainingMode, collate_volumes
 from segpipe.data.sources.dataset_json import DatasetJson
 from segpipe.data.sources.layouts import (
     Layout,
@@ -42,30 +39,28 @@ from segpipe.data.sources.layouts import (
     read_declaration,
     resolve_layout,
 )
-from segpipe.data.sources.volume_cases import LoadCased
-from segpipe.data.splits import SPLITS, read_split_file, split_names
+from segpipe.data.splits import SPLITS, STAGE_SPLITS, check_folds, named_splits
 from segpipe.data.volume_datasets import PreprocessedVolumeDataset, UntrackedCacheDataset
-from segpipe.distributed import loader_sampling
 from segpipe.errors import DataError, SegpipeError
 from segpipe.preprocessing.cache import VolumeCache
 from segpipe.preprocessing.fingerprint import foreground_intensity_statistics, median_spacing
-from segpipe.preprocessing.geometry import GEOMETRY_KEY, VolumeGeometryd, spacing_of
-from segpipe.preprocessing.intensity import CTStatistics, VolumeNormalization, normalization_steps
+from segpipe.preprocessing.geometry import VolumeGeometryd
+from segpipe.preprocessing.intensity import CTStatistics, VolumeNormalization, check_ct_settings
+from segpipe.preprocessing.plan import PreprocessingPlan
+from segpipe.preprocessing.steps import volume_preprocessing
 
 __all__ = ["VolumeDataModule", "VolumeNormalization", "collate_volumes"]
 
 CacheMode = Literal["none", "memory", "disk"]
-TrainingMode = Literal["patches", "slices"]
-# Splits each Lightning stage reads (prepare_data caches these); without a trainer, all of them.
-STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+CT_STATISTICS_KEYS = ("ct_clip", "ct_mean", "ct_std")
 
 
 # ---- the DataModule --------------------------------------------------------------------------------
-class VolumeDataModule(DataChecks, pl.LightningDataModule):
+class VolumeDataModule(DataChecks, SplitDataModule):
     """3D images and integer label volumes; patches or slices for training, whole volumes for val/test/predict.
 
-    Every case is first preprocessed (deterministic, :meth:`preprocessing`): read, reoriented to
-    ``orientation`` (RAS), cropped to its non-zero region (``crop_nonzero``), resampled to ``spacing``
+    Every case is first preprocessed (deterministic: :meth:`preprocessing`, as :meth:`plan` decides): read,
+    reoriented to ``orientation`` (RAS), cropped to its non-zero region (``crop_nonzero``), resampled to ``spacing``
     (by default the training cases' median voxel size; images by spline ``interpolation_order``, labels
     by nearest neighbour) and normalised. What each step did is kept in ``item["geometry"]`` (see
     :mod:`segpipe.preprocessing.geometry`) so that ``segpipe predict`` writes masks on the input's grid.
@@ -183,34 +178,20 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if training_mode not in ("patches", "slices"):
-            raise ValueError(f"training_mode must be 'patches' or 'slices', got {training_mode!r}")
-        if slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2 (X, Y or Z), got {slice_axis}")
-        dims = 2 if training_mode == "slices" else 3
-        if len(patch_size) != dims or min(patch_size) < 1:
-            shape = "in-plane (H, W) for training_mode 'slices'" if dims == 2 else "(X, Y, Z)"
-            raise ValueError(f"patch_size must be {dims} positive sizes {shape}, got {list(patch_size)}")
+        # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
+        # run parameters stay the task's and Lightning never merges keys the two share (slice_axis).
+        self.save_hyperparameters(logger=False)
+        # Every setting is checked now rather than in a worker.
+        self.sampling = PatchSampling(
+            tuple(patch_size), samples_per_volume, foreground_fraction, training_mode, slice_axis
+        )
         if cache not in (True, False, "none", "memory", "disk"):
             raise ValueError(f"cache must be 'none', 'memory' or 'disk', got {cache!r}")
-        if samples_per_volume < 1:
-            raise ValueError(f"samples_per_volume must be >= 1, got {samples_per_volume}")
-        if not 0.0 <= foreground_fraction <= 1.0:
-            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
-        if num_folds < 2:
-            raise ValueError(f"num_folds must be >= 2, got {num_folds}")
-        if fold is not None and not 0 <= fold < num_folds:
-            raise ValueError(f"fold must be in 0..{num_folds - 1} (num_folds={num_folds}), got {fold}")
-        if normalization == "ct":
-            _check_ct_clip(ct_window, ct_percentiles)
+        check_folds(fold, num_folds)
+        check_ct_settings(normalization, ct_window, ct_percentiles, ct_mean, ct_std)
         if spacing is not None and spacing != "median" and (len(spacing) != 3 or min(spacing) <= 0):
             raise ValueError(f"spacing must be 'median', 3 positive sizes in mm or null, got {spacing}")
-        # Validates orientation, interpolation order and margin now rather than in a worker.
         VolumeGeometryd(orientation, None, interpolation_order, crop_nonzero, crop_margin)
-        if ct_std is not None and ct_std <= 0:
-            raise ValueError(f"ct_std must be > 0, got {ct_std}")
-        if (ct_mean is None) != (ct_std is None):
-            raise ValueError("set both ct_mean and ct_std, or neither (per-volume statistics)")
         self.root = Path(root)
         self.layout = layout
         self.list_file = list_file
@@ -220,10 +201,11 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         self.fold = fold
         self.num_folds = num_folds
         self.split_file = split_file
-        self.patch_size = tuple(int(s) for s in patch_size)
+        self.patch_size = self.sampling.patch_size
         self.samples_per_volume = samples_per_volume
         self.foreground_fraction = foreground_fraction
         self.batch_size = batch_size
+        self.eval_batch_size = 1  # whole volumes, of different sizes
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.orientation = orientation
@@ -242,11 +224,11 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         self.training_mode = training_mode
         self.slice_axis = slice_axis
         self.predict_dir = predict_dir
-        self.datasets: dict[str, Dataset] = {}
         self._statistics: dict[str, Any] | None = None
+        self._plan: PreprocessingPlan | None = None
         self._volume_cache: VolumeCache | None = None
 
-    # ---- discovery ---------------------------------------------------------------------------------
+    # ---- discovery and splits ----------------------------------------------------------------------
     def resolved_layout(self) -> ResolvedLayout:
         """The layout in use (see :func:`segpipe.data.sources.layouts.resolve_layout`)."""
         return resolve_layout(self.root, self.layout, self.list_file)
@@ -263,17 +245,18 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
         return discover_cases(self.root, self.layout, self.list_file)
 
     def _split(self, cases: list[VolumeCase]) -> dict[str, list[VolumeCase]]:
-        by_name = {c.name: c for c in cases}
-        if self.split_file is not None:
-            names = read_split_file(dataset_folder(self.root) / self.split_file, list(by_name))
-        else:
-            try:
-                names = split_names(
-                    by_name, self.val_fraction, self.test_fraction, self.split_seed, self.fold, self.num_folds
-                )
-            except ValueError as err:
-                raise DataError(self.root, str(err)) from None
-        return {split: [by_name[n] for n in names[split]] for split in SPLITS}
+        split_file = dataset_folder(self.root) / self.split_file if self.split_file is not None else None
+        return named_splits(
+            cases,
+            attrgetter("name"),
+            self.root,
+            split_file,
+            self.val_fraction,
+            self.test_fraction,
+            self.split_seed,
+            self.fold,
+            self.num_folds,
+        )
 
     def cases(self) -> dict[str, list[VolumeCase]]:
         """The cases of each split (``train``, ``val``, ``test``; possibly empty lists).
@@ -319,8 +302,8 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
 
     # ---- dataset statistics -------------------------------------------------------------------------
     def dataset_statistics(self) -> dict[str, Any]:
-        """Values computed once from the training split that preprocessing uses (cached; part of
-        :meth:`preprocessing_signature`; worth logging with the run).
+        """Values computed once from the training split that preprocessing uses (cached; resolved into
+        :meth:`plan`; worth logging with the run).
 
         Returns:
             ``{"median_spacing": [sx, sy, sz]}`` (mm, along the reoriented axes) when ``spacing: median``,
@@ -364,92 +347,47 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
             return list(self.dataset_statistics()["median_spacing"])
         return [float(s) for s in self.spacing]
 
-    # ---- transforms and datasets -------------------------------------------------------------------
-    def preprocessing(self) -> list[Transform]:
-        """The deterministic steps from file to training-ready volume: read, reorient, crop, resample,
-        normalise.
+    # ---- the preprocessing plan ---------------------------------------------------------------------
+    def plan(self) -> PreprocessingPlan:
+        """Every preprocessing decision, resolved from the arguments and :meth:`dataset_statistics` (once).
 
-        Everything here depends only on the case's files and :meth:`preprocessing_signature`, so its
-        output may be cached; random steps belong in :meth:`sampling`. The output holds plain data only:
-        ``image`` (C, X, Y, Z) float32, ``mask`` (1, X, Y, Z) int64 (cases with a label), ``name`` and
-        ``geometry`` (:mod:`segpipe.preprocessing.geometry`).
+        Raises:
+            DataError: when the statistics need training cases that cannot be found or read.
         """
-        geometry = VolumeGeometryd(
-            self.orientation, self.target_spacing(), self.interpolation_order, self.crop_nonzero, self.crop_margin
-        )
-        normalize = normalization_steps(
-            self.normalization,
-            self.ct_window,
-            self.ct_percentiles,
-            self.ct_statistics,
-            self.ct_mean,
-            self.ct_std,
-            self.dataset_statistics(),
-        )
-        return [LoadCased(), geometry, *normalize]
+        if self._plan is None:
+            statistics = self.dataset_statistics()
+            margin = self.crop_margin
+            self._plan = PreprocessingPlan(
+                orientation=self.orientation,
+                spacing=self.target_spacing(),
+                interpolation_order=self.interpolation_order,
+                crop_nonzero=self.crop_nonzero,
+                crop_margin=margin if isinstance(margin, int) else [int(m) for m in margin],
+                normalization=self.normalization,
+                ct_window=_floats(self.ct_window),
+                ct_percentiles=_floats(self.ct_percentiles),
+                ct_statistics=self.ct_statistics,
+                ct_mean=self.ct_mean,
+                ct_std=self.ct_std,
+                intensity_statistics={k: statistics[k] for k in CT_STATISTICS_KEYS if k in statistics},
+                patch_size=list(self.patch_size),
+                training_mode=self.training_mode,
+                slice_axis=self.slice_axis,
+            )
+        return self._plan
+
+    def preprocessing(self) -> list[Transform]:
+        """The deterministic steps from file to training-ready volume (see
+        :func:`segpipe.preprocessing.steps.volume_preprocessing`); random steps are in :attr:`sampling`."""
+        return volume_preprocessing(self.plan())
 
     def preprocessing_signature(self) -> dict[str, Any]:
-        """Every setting that changes the output of :meth:`preprocessing` (a cache of it is keyed on this),
-        including the :meth:`dataset_statistics` it uses. JSON-serialisable."""
-        return {
-            "orientation": self.orientation,
-            "spacing": self.spacing if self.spacing in (None, "median") else [float(s) for s in self.spacing],
-            "target_spacing": self.target_spacing(),
-            "interpolation_order": self.interpolation_order,
-            "crop_nonzero": self.crop_nonzero,
-            "crop_margin": self.crop_margin if isinstance(self.crop_margin, int) else list(self.crop_margin),
-            "normalization": self.normalization,
-            "ct_window": list(self.ct_window) if self.ct_window is not None else None,
-            "ct_percentiles": list(self.ct_percentiles) if self.ct_percentiles is not None else None,
-            "ct_statistics": self.ct_statistics,
-            "ct_mean": self.ct_mean,
-            "ct_std": self.ct_std,
-            "dataset_statistics": self.dataset_statistics(),
-        }
-
-    def sampling(self) -> list[Transform]:
-        """The random training steps after preprocessing: pad to the patch and crop patches (or slices).
-
-        For slices the window is the in-plane ``patch_size`` and one voxel along ``slice_axis`` (padding
-        only in-plane), and that axis is squeezed away after the crop.
-        """
-        window, pad = list(self.patch_size), list(self.patch_size)
-        slices = self.training_mode == "slices"
-        if slices:
-            window.insert(self.slice_axis, 1)
-            pad.insert(self.slice_axis, -1)  # non-positive: keep the volume's size along that axis
-        steps: list[Transform] = [
-            SpatialPadd(["image", "mask"], spatial_size=pad),
-            # Padding returns a MetaTensor; foreground/background indices of a NumPy mask are found several
-            # times faster (np.nonzero vs torch.nonzero through MetaTensor dispatch), once per volume read.
-            EnsureTyped("mask", data_type="numpy", track_meta=False),
-            FgBgToIndicesd("mask"),
-            # The first random step: CacheDataset caches everything before it.
-            RandCropByPosNegLabeld(
-                ["image", "mask"],
-                label_key="mask",
-                spatial_size=window,
-                pos=self.foreground_fraction,
-                neg=1.0 - self.foreground_fraction,
-                num_samples=self.samples_per_volume,
-                fg_indices_key="mask_fg_indices",
-                bg_indices_key="mask_bg_indices",
-            ),
-        ]
-        if slices:  # (C, ..., 1, ...) -> (C, H, W); the mask keeps its channel axis until to_tensors
-            steps.append(SqueezeDimd(["image", "mask"], dim=self.slice_axis + 1))
-        return steps
+        """What a cache of :meth:`preprocessing` is keyed on: the plan's output settings (JSON-serialisable)."""
+        return self.plan().output_settings()
 
     def after_preprocessing(self, train: bool) -> Compose:
-        """What runs on a preprocessed (possibly cached) item: for training :meth:`sampling`, then tensors."""
-        to_tensors: list[Transform] = [
-            SqueezeDimd("mask", dim=0, allow_missing_keys=True),
-            EnsureTyped("image", dtype=torch.float32, track_meta=False),
-            EnsureTyped("mask", dtype=torch.int64, track_meta=False, allow_missing_keys=True),
-        ]
-        # Training patches do not need the geometry record (it is for mapping predictions back).
-        steps = [DeleteItemsd(GEOMETRY_KEY), *self.sampling()] if train else []
-        return Compose([*steps, *to_tensors])
+        """What runs on a preprocessed (possibly cached) item (see :class:`PatchSampling`)."""
+        return self.sampling.after_preprocessing(train)
 
     def transforms(self, train: bool) -> Compose:
         """The MONAI pipeline: :meth:`preprocessing`, then :meth:`after_preprocessing`."""
@@ -461,19 +399,36 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
             self._volume_cache = VolumeCache(self.cache_dir, self.preprocessing_signature())
         return self._volume_cache
 
-    def _dataset(self, cases: list[VolumeCase], split: str) -> Dataset:
+    # ---- datasets (loaders: SplitDataModule) --------------------------------------------------------
+    def split_items(self) -> dict[str, list[VolumeCase]]:
+        return self.cases()
+
+    def predict_items(self) -> list[VolumeCase]:
+        return self.predict_cases()
+
+    def stage_splits(self, stage: str) -> Sequence[str]:
+        # Only what the stage reads: a memory cache preprocesses every volume of a split when it is built.
+        return STAGE_SPLITS.get(stage, SPLITS)
+
+    def make_dataset(self, cases: list[VolumeCase], split: str) -> Dataset:
         train = split == "train"
-        data = [{"case": case} for case in cases]
         if self.cache == "memory":
+            data = [{"case": case} for case in cases]
             workers = max(1, self.num_workers)
             if train:  # training items keep no geometry: the patches may be drawn without metadata
                 return UntrackedCacheDataset(data, self.transforms(train), num_workers=workers)
             return CacheDataset(data, self.transforms(train), num_workers=workers, progress=False)
         cache = self.volume_cache() if self.cache == "disk" and split != "predict" else None
         preprocess = Compose(self.preprocessing())
-        after = self.after_preprocessing(train)
-        return PreprocessedVolumeDataset(cases, preprocess, after, cache, track_meta=not train)
+        return PreprocessedVolumeDataset(
+            cases, preprocess, self.after_preprocessing(train), cache, track_meta=not train
+        )
 
+    def collate_fn(self, split: str) -> Callable[[list[Any]], Any]:
+        # Training items are lists of patches (MONAI's multi-sample convention): list_data_collate flattens them.
+        return list_data_collate if split == "train" else collate_volumes
+
+    # ---- model checks --------------------------------------------------------------------------------
     def check_for(self, model: ModelRequirements, stage: str) -> None:
         """Refuse a network that does not fit the training mode, then build and validate the data."""
         self.check_model(model.spatial_dims, model.slice_axis)
@@ -522,60 +477,6 @@ class VolumeDataModule(DataChecks, pl.LightningDataModule):
             preprocess = Compose(self.preprocessing())
             cache.build(cases, lambda case: preprocess({"case": case}), threads=max(1, self.num_workers))
 
-    def setup(self, stage: str) -> None:
-        if stage == "predict":
-            self.datasets["predict"] = self._dataset(self.predict_cases(), "predict")
-            return
-        splits = self.cases()
-        for split in STAGE_SPLITS.get(stage, SPLITS):
-            self.datasets[split] = self._dataset(splits[split], split)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        # Training: the same global batches on 1 or N processes for one seed; val/test: every case once
-        # across ranks (see segpipe.distributed).
-        sampler, drop_last = loader_sampling(self.datasets[split], self.trainer, split, batch_size, shuffle)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            drop_last=drop_last,
-            collate_fn=list_data_collate if shuffle else collate_volumes,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", 1, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", 1, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", 1, shuffle=False)
-
-
-def _check_ct_clip(window: tuple[float, float] | None, percentiles: tuple[float, float] | None) -> None:
-    if window is None and percentiles is None:
-        raise ValueError("normalization 'ct' needs ct_window [lo, hi] with lo < hi, or ct_percentiles [lo, hi]")
-    if window is not None and percentiles is not None:
-        raise ValueError(f"set ct_window ({list(window)}) or ct_percentiles ({list(percentiles)}), not both")
-    if window is not None and (len(window) != 2 or window[0] >= window[1]):
-        raise ValueError(f"normalization 'ct' needs ct_window [lo, hi] with lo < hi, got {list(window)}")
-    if percentiles is not None and (len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100):
-        raise ValueError(f"ct_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, got {list(percentiles)}")
-
-
-def collate_volumes(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate whole-volume items; ``geometry`` stays a list of per-item records (numpy, not moved to the
-    device) and ``spacing`` (B, 3) float32 gives their voxel size in mm (for per-case reports)."""
-    records = [item.get(GEOMETRY_KEY) for item in items]
-    batch = list_data_collate([{k: v for k, v in item.items() if k != GEOMETRY_KEY} for item in items])
-    if all(record is not None for record in records):
-        batch[GEOMETRY_KEY] = records
-        spacings = [spacing_of(record["resampled_affine"]) for record in records]
-        batch["spacing"] = torch.as_tensor(np.stack(spacings), dtype=torch.float32)
-    return batch
+def _floats(values: Sequence[float] | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]

@@ -1,12 +1,10 @@
-"""Find image/mask pairs in folders and split them into train/val/test without leakage."""
+"""Find image/mask pairs in folders (splitting them: :mod:`segpipe.data.splits`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from segpipe.errors import DataError
 
@@ -70,21 +68,3 @@ def pair_by_stem(
         more = f" ({len(problems)} unpaired files)" if len(problems) > 1 else ""
         raise DataError(first.path, first.problem + more)
     return cases
-
-
-def split_cases(cases: Sequence[Case], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Case]]:
-    """Shuffle with ``seed`` and cut into train/val/test; each case lands in exactly one split."""
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) "
-            "and sum to less than 1"
-        )
-    order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = round(len(cases) * val_fraction)
-    n_test = round(len(cases) * test_fraction)
-    shuffled = [cases[i] for i in order]
-    return {
-        "val": sorted(shuffled[:n_val], key=lambda c: c.name),
-        "test": sorted(shuffled[n_val : n_val + n_test], key=lambda c: c.name),
-        "train": sorted(shuffled[n_val + n_test :], key=lambda c: c.name),
-    }
