@@ -24,6 +24,7 @@ FORMULAS: dict[int, dict[str, str]] = {
         "zscore": "per image and channel: (x - mean(x)) / max(std(x), 1e-8), statistics over the whole image",
         "minmax": "per image and channel: (x - min(x)) / max(max(x) - min(x), 1e-8)",
         "fixed": "per channel c: (x - mean[c]) / std[c], with the dataset statistics given here",
+        "dataset": "per channel c: (x - mean[c]) / std[c], with the training set's statistics (computed) given here",
         "none": "none: the raw intensities as float32",
     },
     3: {
@@ -72,11 +73,11 @@ def _normalization(settings: Mapping[str, Any], source: str, spatial_dims: int) 
         elif ct and info["window"] is None:
             raise ExportError(f"{source}: normalization 'ct' needs ct_window [lo, hi] or ct_percentiles [lo, hi]")
         return info
-    fixed = mode == "fixed"
+    fixed = mode in ("fixed", "dataset")
     info |= {"window": None, "mean": _floats(settings.get("mean")) if fixed else None}
     info["std"] = _floats(settings.get("std")) if fixed else None
     if fixed and (info["mean"] is None or info["std"] is None):
-        raise ExportError(f"{source}: normalization 'fixed' needs 'mean' and 'std'")
+        raise ExportError(f"{source}: normalization {mode!r} needs 'mean' and 'std'")
     return info
 
 
