@@ -14,6 +14,7 @@ from builders import AFFINE, SHAPE, tiny_3d_config, write_volumes
 from monai.transforms import Compose
 
 from segpipe.cli import main
+from segpipe.config import read_config
 from segpipe.data import VolumeDataModule
 from segpipe.errors import SegpipeError
 from segpipe.io.volumes import write_label, write_volume
@@ -110,8 +111,8 @@ def test_unet2d_slices_config_trains_on_slices_and_scores_whole_volumes(tmp_path
     args += ["--data.init_args.samples_per_volume", "3", "--data.init_args.num_workers", "0"]
     args += ["--model_logging.enabled", "false", "--overlays.every_n_epochs", "0"]
     assert main(args) == 0
-    config = yaml.safe_load((ROOT / "configs" / "unet2d_slices.yaml").read_text())
-    assert config["data"]["init_args"]["training_mode"] == "slices" and config["model"]["spatial_dims"] == 2
+    config = read_config(["--config", str(ROOT / "configs" / "unet2d_slices.yaml")])
+    assert config.data.init_args.training_mode == "slices" and config.model.spatial_dims == 2
     assert list(Path("data/demo3d/.segpipe_cache").rglob("mni152_slab*.npz"))  # the slabs were cached on disk
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
