@@ -7,17 +7,16 @@ from typing import Literal
 import torch
 from torch import nn
 
+from segpipe.models.base import StridedNet
 from segpipe.models.blocks import (
     Norm,
     VGGStage,
     conv_layer,
     conv_transpose_layer,
-    crop_to,
     dropout_layer,
     init_bilinear_,
     init_he_,
     max_pool_layer,
-    pad_to_multiple,
     vgg_widths,
 )
 
@@ -77,7 +76,7 @@ class FCNHead(nn.Sequential):
         )
 
 
-class FCN(nn.Module):
+class FCN(StridedNet):
     """FCN-32s/16s/8s: VGG16 features, convolutionalised fc6/fc7, skip fusion; logits (B, K, *spatial).
 
     Input (B, ``in_channels``, H, W) or (B, ``in_channels``, D, H, W). The class scores of fc7 (stride
@@ -134,6 +133,7 @@ class FCN(nn.Module):
         if fc_channels < 1:
             raise ValueError(f"fc_channels must be >= 1, got {fc_channels}")
         self.variant = variant
+        self.stride = _STRIDE
         widths = vgg_widths(base_channels, len(_VGG16_STAGES))
         self.stages = nn.ModuleList()
         channels = in_channels
@@ -162,8 +162,8 @@ class FCN(nn.Module):
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, shape = pad_to_multiple(x, _STRIDE)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, *S) for S multiples of 32."""
         pools: list[torch.Tensor] = []
         for stage in self.stages:
             x = self.pool(stage(x))
@@ -173,7 +173,7 @@ class FCN(nn.Module):
             score = self.upscore2(score) + self.score_pool4(pools[3])
         if self.variant == "8s":
             score = self.upscore_pool4(score) + self.score_pool3(pools[2])
-        return crop_to(self.upscore(score), shape)
+        return self.upscore(score)
 
 
 def fcn32s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
