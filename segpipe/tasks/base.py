@@ -10,7 +10,7 @@ the scheduler stepped per epoch, ``ReduceLROnPlateau`` monitoring :attr:`BaseTas
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -22,6 +22,9 @@ from torchmetrics import MetricCollection
 from segpipe.tasks.schedules import RunLengthSchedule, run_length
 
 STAGES = ("train", "val", "test")
+
+LossCheck = Callable[[torch.Tensor], bool]
+"""Given a training loss: True to train on it, False to skip the batch; it may also raise to stop."""
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -52,6 +55,7 @@ class BaseTask(pl.LightningModule, abc.ABC):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "ignore", *ignore])
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        self.loss_checks: list[LossCheck] = []
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -77,6 +81,18 @@ class BaseTask(pl.LightningModule, abc.ABC):
     def stage_metrics(self, stage: str) -> MetricCollection:
         """The metric collection of ``stage`` (``train``, ``val`` or ``test``) set by :meth:`set_stage_metrics`."""
         return getattr(self, f"{stage}_metrics")
+
+    @abc.abstractmethod
+    def training_loss(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The loss of one training batch (logging it as it likes)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        """:meth:`training_loss`, or ``None`` when one of :attr:`loss_checks` rejects it: Lightning then
+        skips backward and the optimiser step (also under AMP's GradScaler). Callbacks such as
+        :class:`~segpipe.callbacks.NonFiniteGuard` add their checks to ``loss_checks`` for a fit, since no
+        callback hook sits between the loss and backward that could veto the step."""
+        loss = self.training_loss(batch, batch_idx)
+        return loss if all(accept(loss) for accept in self.loss_checks) else None
 
     def trainable_parameters(self) -> Iterable[Any]:
         """What the optimiser is given: the parameters with ``requires_grad`` (or parameter groups)."""

@@ -78,7 +78,7 @@ class ClassificationTask(BaseTask):
         self.log_dict(accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

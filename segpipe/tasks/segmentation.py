@@ -128,7 +128,7 @@ class SegmentationTask(BaseTask):
         """Class probabilities (B, K, *spatial): softmax of :meth:`infer`, averaged over the ``tta`` flips."""
         return self.inference.probabilities(self.net, image, self.tta_axes)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
         # The epoch's mean is a metric so that a checkpoint written mid-epoch carries it (on_save_checkpoint).
         # A non-finite loss enters with weight 0: a batch that NonFiniteGuard skips stays out of the mean.
