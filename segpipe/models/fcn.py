@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -176,16 +178,20 @@ class FCN(StridedNet):
         return self.upscore(score)
 
 
-def fcn32s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
-    """FCN-32s: :class:`FCN` with ``variant="32s"``; other keyword arguments go to :class:`FCN`."""
-    return FCN(spatial_dims, in_channels, num_classes, variant="32s", **kwargs)  # type: ignore[arg-type]
+def _preset(variant: FCNVariant) -> Callable[..., FCN]:
+    def build(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
+        return FCN(spatial_dims, in_channels, num_classes, variant=variant, **kwargs)  # type: ignore[arg-type]
+
+    build.__name__ = build.__qualname__ = f"fcn{variant}"
+    build.__doc__ = f"FCN-{variant}: :class:`FCN` with ``variant={variant!r}``; the other options are FCN's."
+    # The signature (read by segpipe.models.registry.model_options) is FCN's without `variant`.
+    fcn_signature = inspect.signature(FCN)
+    build.__signature__ = fcn_signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in fcn_signature.parameters.values() if p.name != "variant"], return_annotation=FCN
+    )
+    return build
 
 
-def fcn16s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
-    """FCN-16s: :class:`FCN` with ``variant="16s"``; other keyword arguments go to :class:`FCN`."""
-    return FCN(spatial_dims, in_channels, num_classes, variant="16s", **kwargs)  # type: ignore[arg-type]
-
-
-def fcn8s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
-    """FCN-8s: :class:`FCN` with ``variant="8s"``; other keyword arguments go to :class:`FCN`."""
-    return FCN(spatial_dims, in_channels, num_classes, variant="8s", **kwargs)  # type: ignore[arg-type]
+fcn32s = _preset("32s")
+fcn16s = _preset("16s")
+fcn8s = _preset("8s")

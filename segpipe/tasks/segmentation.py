@@ -13,7 +13,7 @@ from segpipe.evaluation import OverlapScores
 from segpipe.inference.sliding_window import WindowedInference
 from segpipe.inference.tta import tta_axes
 from segpipe.losses import LossName, SegmentationLoss
-from segpipe.models import build_model
+from segpipe.models import build_model, check_model_options
 from segpipe.tasks.base import BaseTask, default_optimizer
 from segpipe.tasks.param_groups import param_groups
 
@@ -94,7 +94,9 @@ class SegmentationTask(BaseTask):
         self.inference = WindowedInference(
             h.spatial_dims, h.inference_roi, h.inference_overlap, h.inference_batch_size, h.slice_axis
         )
-        self.net = build_model(h.model, h.spatial_dims, h.in_channels, h.num_classes, **(h.model_kwargs or {}))
+        options = h.model_kwargs or {}
+        check_model_options(h.model, options)  # before the call, which would clash on e.g. in_channels
+        self.net = build_model(h.model, h.spatial_dims, h.in_channels, h.num_classes, **options)
 
     def configure_losses(self) -> None:
         h = self.hparams
