@@ -68,6 +68,7 @@ class NonFiniteGuard(pl.Callback):
         if not bad:
             return True
         value = float(loss.detach().float().mean()) if loss.numel() else math.nan
+        # The loop's batch_idx: a loss check is not given the batch index, and no public property holds it.
         where = (
             f"at epoch {trainer.current_epoch}, step {trainer.global_step} "
             f"(batch {trainer.fit_loop.epoch_loop.batch_idx + 1} of {trainer.num_training_batches})"

@@ -30,7 +30,8 @@ class ClassificationTask(BaseTask):
         dropout: dropout before the linear classifier.
         label_smoothing: cross-entropy label smoothing.
         optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
-        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/acc``.
+        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/acc``;
+            :class:`~segpipe.tasks.schedules.CosineToEnd` anneals over the whole run (no ``T_max``).
 
     Raises:
         ValueError: for an unknown encoder or ``class_names`` of the wrong length.

@@ -32,7 +32,9 @@ class SegmentationTask(BaseTask):
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: channels of the input images.
         num_classes: classes including background (label values 0..num_classes-1).
-        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``.
+        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``; the valid keys and
+            defaults of each architecture: :func:`segpipe.models.model_options` (a wrong key is refused
+            with a suggestion and the list).
         loss: ``dice``, ``ce`` or ``dice_ce``.
         class_weights: one weight per class for both loss terms.
         ignore_index: label value excluded from loss and metrics.
@@ -40,7 +42,8 @@ class SegmentationTask(BaseTask):
         lambda_ce: weight of the CE term of ``dice_ce``.
         class_names: names used in metric keys (default ``class0``, ``class1``, ...).
         optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
-        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``.
+        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``;
+            :class:`~segpipe.tasks.schedules.CosineToEnd` anneals over the whole run (no ``T_max``).
         inference_roi: window size for sliding-window inference at val/test/predict (volumes and large
             images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
         inference_overlap: overlap between neighbouring windows.
@@ -142,6 +145,7 @@ class SegmentationTask(BaseTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Mid-epoch, the epoch's running train/loss, so that a resumed epoch logs the whole epoch's mean.
+        # (Lightning has no public "last batch of the epoch": num_training_batches is inf for iterable data.)
         if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             checkpoint[TRAIN_LOSS_KEY] = {
                 "sum": self.train_loss.mean_value.cpu(),
