@@ -60,6 +60,15 @@ def model_options(name: str) -> dict[str, object]:
     return {p.name: p.default for p in named if p.name not in TASK_ARGUMENTS}
 
 
+def describe_model_options() -> list[str]:
+    """One line per architecture: ``name: option=default, ...`` (for help texts)."""
+    lines = []
+    for name in MODELS:
+        options = ", ".join(f"{option}={default!r}" for option, default in model_options(name).items())
+        lines.append(f"{name}: {options}")
+    return lines
+
+
 def check_model_options(name: str, options: Mapping[str, object]) -> None:
     """Refuse ``model_kwargs`` the architecture ``name`` does not take, before it is built.
 

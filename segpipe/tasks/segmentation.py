@@ -13,7 +13,7 @@ from segpipe.evaluation import OverlapScores
 from segpipe.inference.sliding_window import WindowedInference
 from segpipe.inference.tta import tta_axes
 from segpipe.losses import LossName, SegmentationLoss
-from segpipe.models import build_model, check_model_options
+from segpipe.models import build_model, check_model_options, describe_model_options
 from segpipe.tasks.base import BaseTask, default_optimizer
 from segpipe.tasks.param_groups import param_groups
 
@@ -32,9 +32,9 @@ class SegmentationTask(BaseTask):
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: channels of the input images.
         num_classes: classes including background (label values 0..num_classes-1).
-        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``; the valid keys and
-            defaults of each architecture: :func:`segpipe.models.model_options` (a wrong key is refused
-            with a suggestion and the list).
+        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``; a wrong key is refused
+            with a suggestion and the list. Per architecture, with defaults (:func:`segpipe.models.model_options`):
+            MODEL_OPTIONS
         loss: ``dice``, ``ce`` or ``dice_ce``.
         class_weights: one weight per class for both loss terms.
         ignore_index: label value excluded from loss and metrics.
@@ -191,3 +191,10 @@ class SegmentationTask(BaseTask):
         """``{"name": [str], "probabilities": (B, K, *spatial) float, "mask": (B, *spatial) labels}``."""
         probabilities = self.predict_probabilities(batch["image"])
         return {"name": batch["name"], "probabilities": probabilities, "mask": probabilities.argmax(1)}
+
+
+# `segpipe fit --help` shows the docstring: each architecture's options are listed there, read from the
+# builders' signatures so that the help cannot drift from the code.
+SegmentationTask.__doc__ = (SegmentationTask.__doc__ or "").replace(
+    "MODEL_OPTIONS", "\n            ".join(f"{line};" for line in describe_model_options())
+)

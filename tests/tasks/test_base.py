@@ -57,3 +57,10 @@ def test_validation_logs_every_name_with_the_split_level_values():
     assert len(expected) == 7
     assert set(logged) == {*expected, "val/loss"}
     assert {k: logged[k] for k in expected} == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+def test_the_help_lists_every_architecture_with_its_options():
+    doc = SegmentationTask.__doc__ or ""
+    assert "MODEL_OPTIONS" not in doc
+    assert "unet: depth=4, base_channels=64, norm='batch', upsample='transpose', padded=True, dropout=0.0;" in doc
+    assert "fc_densenet56: dropout=0.2, norm='batch';" in doc and "encoder_fcn: encoder='resnet34'" in doc
