@@ -109,9 +109,8 @@ class SegmentationTask(BaseTask):
 
     def configure_metrics(self) -> None:
         self.train_loss = MeanMetric()
-        h = self.hparams
-        self.class_names = list(h.class_names or [f"class{i}" for i in range(h.num_classes)])
-        overlap = OverlapScores(h.num_classes, h.ignore_index, self.class_names)
+        overlap = OverlapScores(self.hparams.num_classes, self.hparams.ignore_index, self.hparams.class_names)
+        self.class_names = overlap.class_names  # class0, class1, ... when none are given
         self.set_stage_metrics(MetricCollection({"overlap": overlap}), stages=("val", "test"))
 
     def trainable_parameters(self) -> list[Any]:
