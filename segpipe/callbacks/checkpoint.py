@@ -68,6 +68,7 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        # ModelCheckpoint's own rule for where an epoch is checkpointed (protected: no public equivalent).
         if not trainer.sanity_checking and not self._should_save_on_train_epoch_end(trainer):
             self._after_epoch(trainer)
 
@@ -84,6 +85,7 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._interrupt(trainer, signum)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # ModelCheckpoint's one writer for best, top-k and last; no public hook can veto a write.
         bad = _first_nonfinite_parameter(trainer.lightning_module)
         if bad is not None:
             rank_zero_warn(f"not writing {filepath}: parameter {bad} is not finite; the previous file is kept")
