@@ -38,21 +38,20 @@ class BaseTask(pl.LightningModule, abc.ABC):
     Args:
         optimizer: optimiser factory, called with :meth:`trainable_parameters`.
         lr_scheduler: scheduler factory, called with the optimiser; ``None``: a constant learning rate.
-        ignore: further ``__init__`` arguments kept out of the saved hyperparameters.
     """
 
     monitor: ClassVar[str]
-    """The metric ``ReduceLROnPlateau`` (and the checkpoint callback) watch, e.g. ``val/dice``."""
+    """The metric a ``ReduceLROnPlateau`` schedule watches, e.g. ``val/dice`` (the checkpoint monitor's too)."""
 
     def __init__(
         self,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
-        ignore: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        # Collects the subclass's __init__ arguments too (Lightning walks the __init__ frames).
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "ignore", *ignore])
+        # Collects the subclass's __init__ arguments too (Lightning walks the __init__ frames); the factories
+        # are callables, kept out of the checkpoint.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.loss_checks: list[LossCheck] = []
