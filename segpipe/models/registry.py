@@ -31,6 +31,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "encoder_fcn": EncoderFCN,
 }
 
+
+class ModelOptionError(SegpipeError, ValueError):
+    """A ``model_kwargs`` key the architecture does not take: a user error (one line, exit 2) and, for
+    callers that catch bad arguments as such, a ValueError."""
+
+
 TASK_ARGUMENTS = ("spatial_dims", "in_channels", "num_classes")
 """Builder arguments set by the task (``model.spatial_dims``, ...), never by ``model_kwargs``."""
 
@@ -74,18 +80,18 @@ def check_model_options(name: str, options: Mapping[str, object]) -> None:
 
     Raises:
         ValueError: if ``name`` is not registered.
-        SegpipeError: naming the first unknown key, the closest valid one, and every valid key with its
-            default; or a key the task sets itself (``in_channels``, ...).
+        ModelOptionError: naming the first unknown key, the closest valid one, and every valid key with
+            its default; or a key the task sets itself (``in_channels``, ...).
     """
     valid = model_options(name)
     for key in options:
         if key in TASK_ARGUMENTS:
-            raise SegpipeError(f"model_kwargs.{key}: set it as model.{key}, not inside model_kwargs")
+            raise ModelOptionError(f"model_kwargs.{key}: set it as model.{key}, not inside model_kwargs")
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             listing = ", ".join(f"{option}={default!r}" for option, default in valid.items())
-            raise SegpipeError(
+            raise ModelOptionError(
                 f"model {name!r} has no option {key!r} in model_kwargs{hint}; its options, with their "
                 f"defaults: {listing}"
             )
@@ -97,7 +103,7 @@ def build_model(name: str, spatial_dims: int, in_channels: int, num_classes: int
     Raises:
         ValueError: if ``name`` is not registered (the message lists the valid names), or from the
             architecture for a bad option value.
-        SegpipeError: for an option the architecture does not take (see :func:`check_model_options`).
+        ModelOptionError: for an option the architecture does not take (see :func:`check_model_options`).
     """
     check_model_options(name, kwargs)
     builder = MODELS[registered_name(name)]
