@@ -55,10 +55,12 @@ class ResumableCheckpoint(ModelCheckpoint):
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # nothing half-accumulated
+        # Lightning has no public "last batch of the epoch" (num_training_batches is inf for iterable data).
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or not stepped:
             return  # the epoch's end is checkpointed after validation
         every, signum = self.last_every_n_train_steps, self._stop_signal(trainer)
         due = bool(signum) or (every > 0 and trainer.global_step % every == 0)
+        # ModelCheckpoint's protected methods: its public API has no "write last.ckpt now" (below too).
         if due and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if signum:
@@ -66,6 +68,7 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        # ModelCheckpoint's own rule for where an epoch is checkpointed (protected: no public equivalent).
         if not trainer.sanity_checking and not self._should_save_on_train_epoch_end(trainer):
             self._after_epoch(trainer)
 
@@ -82,6 +85,7 @@ class ResumableCheckpoint(ModelCheckpoint):
             self._interrupt(trainer, signum)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # ModelCheckpoint's one writer for best, top-k and last; no public hook can veto a write.
         bad = _first_nonfinite_parameter(trainer.lightning_module)
         if bad is not None:
             rank_zero_warn(f"not writing {filepath}: parameter {bad} is not finite; the previous file is kept")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -18,6 +18,10 @@ SKIPPED_METRIC = "train/nonfinite_skipped"
 
 class NonFiniteGuard(pl.Callback):
     """Check every training loss after the forward pass, before backward and the optimiser step.
+
+    The check is one of the task's ``loss_checks`` (:meth:`segpipe.tasks.base.BaseTask.training_step`)
+    during a fit: a rejected loss makes ``training_step`` return ``None``, so Lightning skips backward and
+    the optimiser step.
 
     The weights never take a non-finite update, so no checkpoint (``last.ckpt``, best) holds one.
 
@@ -38,35 +42,33 @@ class NonFiniteGuard(pl.Callback):
             raise ValueError(f"on_nonfinite must be 'stop', 'skip' or 'off', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped = 0
+        self._registered: Callable[[torch.Tensor], bool] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Lightning skips backward and the optimiser step (also under AMP's GradScaler) only when
-        # training_step returns None, and no callback hook sits between the loss and backward that could
-        # veto the step; so the module's training_step is wrapped for the fit, and restored at teardown.
-        if stage != "fit" or self.on_nonfinite == "off" or "training_step" in vars(pl_module):
+        if stage != "fit" or self.on_nonfinite == "off":
             return
-        original: Callable[..., Any] = pl_module.training_step
-
-        @functools.wraps(original)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self._check(trainer, original(*args, **kwargs))
-
-        pl_module.training_step = guarded  # type: ignore[method-assign]
+        checks = getattr(pl_module, "loss_checks", None)
+        if not isinstance(checks, list):
+            raise TypeError(
+                f"NonFiniteGuard needs a segpipe task (segpipe.tasks.base.BaseTask, whose training_step runs "
+                f"loss_checks); {type(pl_module).__name__} has none"
+            )
+        self._registered = functools.partial(self._accepts, trainer)
+        checks.append(self._registered)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and "training_step" in vars(pl_module):
-            del pl_module.training_step
+        checks = getattr(pl_module, "loss_checks", [])
+        if stage == "fit" and self._registered in checks:
+            checks.remove(self._registered)
 
-    def _check(self, trainer: pl.Trainer, output: Any) -> Any:
-        loss = output.get("loss") if isinstance(output, Mapping) else output
-        if not isinstance(loss, torch.Tensor):
-            return output
+    def _accepts(self, trainer: pl.Trainer, loss: torch.Tensor) -> bool:
         bad = not bool(torch.isfinite(loss.detach()).all())
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
-            return output
+            return True
         value = float(loss.detach().float().mean()) if loss.numel() else math.nan
+        # The loop's batch_idx: a loss check is not given the batch index, and no public property holds it.
         where = (
             f"at epoch {trainer.current_epoch}, step {trainer.global_step} "
             f"(batch {trainer.fit_loop.epoch_loop.batch_idx + 1} of {trainer.num_training_batches})"
@@ -80,7 +82,7 @@ class NonFiniteGuard(pl.Callback):
             )
         self.skipped += 1
         rank_zero_warn(f"non-finite training loss ({value}) {where}: batch skipped ({self.skipped} so far)")
-        return None
+        return False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.on_nonfinite == "skip":

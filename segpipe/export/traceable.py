@@ -4,11 +4,9 @@ Tracing (``torch.jit.trace``) and ``torch.export`` record tensor operations, so 
 with tensor sizes follows the input; a Python ``if`` on a size is frozen at the traced input. Per
 architecture (checked by ``tests/test_export.py`` at the traced size and at larger, odd, unequal sizes):
 
-* **U-Net, padded** and **FCN** zero-pad the input at the end to a multiple of their total stride
-  (``2**depth``, 32) only ``if any(pads)``: traced at 64x64 the padding vanishes for every input.
-  :class:`PadToMultiple` does the same padding outside the network, with amounts computed from the input
-  size, so the network only ever sees multiples (where its own padding is a no-op) and the logits are
-  identical to the eager network's.
+* **U-Net, padded**, **FCN** and the encoder networks (:class:`segpipe.models.base.StridedNet`) zero-pad
+  the input at the end to a multiple of their total stride with amounts computed from the input size and
+  no size-dependent branch (:func:`segpipe.models.base.pad_to_stride`), so they trace as they are.
 * **SegNet**'s unpooling passes the pre-pooling size to ``F.max_unpool*d``, whose Python range checks
   reject traced sizes; :class:`TraceableMaxUnpool` calls the same ATen operator without them.
 * **Dense-UNet** traces as it is (ceil-mode pooling, crops to the skip's traced size).
@@ -25,33 +23,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segpipe.models import FCN, DenseUNet, SegNet, UNet
-
-
-class PadToMultiple(nn.Module):
-    """Zero-pad (B, C, *S) at the end of each spatial dim to a multiple of ``multiple``, run ``net``,
-    and crop its logits back to S: (B, K, *S).
-
-    The pad amounts ``(multiple - s % multiple) % multiple`` are computed from the traced sizes, so an
-    exported graph pads every input correctly, not only inputs of the size it was traced with.
-    """
-
-    def __init__(self, net: nn.Module, multiple: int) -> None:
-        super().__init__()
-        if multiple < 1:
-            raise ValueError(f"multiple must be >= 1, got {multiple}")
-        self.net = net
-        self.multiple = multiple
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads: list[int] = []
-        for dim in range(x.dim() - 1, 1, -1):
-            pads += [0, (self.multiple - x.shape[dim] % self.multiple) % self.multiple]
-        logits = self.net(F.pad(x, pads))
-        return logits[(slice(None), slice(None), *(slice(0, x.shape[d]) for d in range(2, x.dim())))]
+from segpipe.models import DenseUNet, SegNet, UNet
+from segpipe.models.base import StridedNet
 
 
 class TraceableMaxUnpool(nn.Module):
@@ -117,11 +92,8 @@ def plan_export(net: nn.Module, fixed_size: bool = False) -> ExportPlan:
             "U-Net with padded=false mirror-pads each input by an amount found by a Python search over "
             "valid sizes, which an exported graph cannot repeat; the spatial size is fixed",
         )
-    if isinstance(net, UNet):
-        module, note = PadToMultiple(module, 2**net.depth), f"padded to a multiple of {2**net.depth} in-graph"
-    elif isinstance(net, FCN):
-        stride = 2 ** len(net.stages)
-        module, note = PadToMultiple(module, stride), f"padded to a multiple of {stride} in-graph"
+    if isinstance(net, StridedNet):
+        note = f"padded to a multiple of {net.stride} in-graph"
     elif isinstance(net, DenseUNet | SegNet):
         note = "any size (ceil-mode pooling, sizes follow the input)"
     else:

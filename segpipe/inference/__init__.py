@@ -1,4 +1,4 @@
-"""Inference: writing predictions."""
+"""Inference: whole inputs through a network (sliding_window, tta) and writing predictions."""
 
 from segpipe.inference.writer import MaskWriter
 

@@ -143,20 +143,6 @@ def skip_join(skip: torch.Tensor, x: torch.Tensor, mode: Literal["concat", "sum"
     raise ValueError(f"unknown skip join {mode!r}; choose 'concat' or 'sum'")
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial dims of ``x`` at the end up to a multiple of ``multiple``.
-
-    Returns the padded tensor and the original spatial shape, for :func:`crop_to`.
-    """
-    shape = tuple(x.shape[2:])
-    pads: list[int] = []
-    for size in reversed(shape):
-        pads += [0, (-size) % multiple]
-    if any(pads):
-        x = F.pad(x, pads)
-    return x, shape
-
-
 def reflect_pad(x: torch.Tensor, before: list[int], after: list[int]) -> torch.Tensor:
     """Mirror-pad the spatial dims (the overlap-tile strategy of Ronneberger et al.).
 
@@ -174,11 +160,6 @@ def _repeat2(shape: torch.Size) -> list[int]:
     for s in reversed(shape):
         out += [s, s]
     return out
-
-
-def crop_to(x: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
-    """Crop the spatial dims of ``x`` to ``spatial_shape`` from the start (inverse of pad_to_multiple)."""
-    return x[(slice(None), slice(None), *(slice(0, s) for s in spatial_shape))]
 
 
 def dropout_layer(spatial_dims: int, p: float, channelwise: bool = False) -> nn.Module:

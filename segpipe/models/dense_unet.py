@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from segpipe.models.base import crop_to
 from segpipe.models.blocks import (
     DenseBlock,
     DoubleConv,
@@ -24,7 +25,6 @@ from segpipe.models.blocks import (
     Upsample,
     UpsampleMode,
     conv_layer,
-    crop_to,
     init_he_,
     skip_join,
 )

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from segpipe.models.blocks import crop_to, pad_to_multiple
+from segpipe.models.base import StridedNet
 from segpipe.models.fcn import BilinearUp, FCNHead, FCNVariant
 from segpipe.models.hub import imagenet_weights_file
 from segpipe.models.weights import LoadReport, load_encoder_weights
@@ -92,7 +92,7 @@ def apply_encoder_weights(encoder_module: nn.Module, encoder: str, weights: str 
     return report
 
 
-class EncoderUNet(nn.Module):
+class EncoderUNet(StridedNet):
     """U-Net decoder (segmentation-models-pytorch) on a classification encoder; logits (B, K, H, W).
 
     Input (B, ``in_channels``, H, W) of any size: zero-padded at the end to a multiple of
@@ -146,12 +146,12 @@ class EncoderUNet(nn.Module):
         self.stride = 2**encoder_depth
         self.weights_report = apply_encoder_weights(self.encoder, encoder, encoder_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, shape = pad_to_multiple(x, self.stride)
-        return crop_to(self.head(self.decoder(self.encoder(x))), shape)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) for H, W multiples of ``2 ** encoder_depth``."""
+        return self.head(self.decoder(self.encoder(x)))
 
 
-class EncoderFCN(nn.Module):
+class EncoderFCN(StridedNet):
     """FCN-32s/16s/8s (Long et al. 2015) on a classification encoder; logits (B, K, H, W).
 
     The encoder's stride-32 features go through a convolutionalised classifier (``fc_kernel`` conv,
@@ -195,6 +195,7 @@ class EncoderFCN(nn.Module):
         if fc_kernel < 1 or fc_kernel % 2 == 0:
             raise ValueError(f"fc_kernel must be a positive odd number, got {fc_kernel}")
         self.variant = variant
+        self.stride = 2**ENCODER_DEPTH
         self.encoder = create_encoder(encoder, in_channels, ENCODER_DEPTH)
         widths = list(self.encoder.out_channels)
         self.head = FCNHead(2, widths[-1], fc_channels, num_classes, fc_kernel, dropout)
@@ -213,15 +214,15 @@ class EncoderFCN(nn.Module):
             nn.init.zeros_(score.bias)
         self.weights_report = apply_encoder_weights(self.encoder, encoder, encoder_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, shape = pad_to_multiple(x, 2**ENCODER_DEPTH)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) for H, W multiples of 32."""
         features = self.encoder(x)
         score = self.head(features[-1])
         if self.variant != "32s":
             score = self.upscore2(score) + self.score_pool4(features[-2])
         if self.variant == "8s":
             score = self.upscore_pool4(score) + self.score_pool3(features[-3])
-        return crop_to(self.upscore(score), shape)
+        return self.upscore(score)
 
 
 __all__ = ["EncoderFCN", "EncoderUNet", "apply_encoder_weights", "create_encoder"]

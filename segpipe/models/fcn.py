@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
 
+from segpipe.models.base import StridedNet
 from segpipe.models.blocks import (
     Norm,
     VGGStage,
     conv_layer,
     conv_transpose_layer,
-    crop_to,
     dropout_layer,
     init_bilinear_,
     init_he_,
     max_pool_layer,
-    pad_to_multiple,
     vgg_widths,
 )
 
@@ -77,7 +78,7 @@ class FCNHead(nn.Sequential):
         )
 
 
-class FCN(nn.Module):
+class FCN(StridedNet):
     """FCN-32s/16s/8s: VGG16 features, convolutionalised fc6/fc7, skip fusion; logits (B, K, *spatial).
 
     Input (B, ``in_channels``, H, W) or (B, ``in_channels``, D, H, W). The class scores of fc7 (stride
@@ -134,6 +135,7 @@ class FCN(nn.Module):
         if fc_channels < 1:
             raise ValueError(f"fc_channels must be >= 1, got {fc_channels}")
         self.variant = variant
+        self.stride = _STRIDE
         widths = vgg_widths(base_channels, len(_VGG16_STAGES))
         self.stages = nn.ModuleList()
         channels = in_channels
@@ -162,8 +164,8 @@ class FCN(nn.Module):
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, shape = pad_to_multiple(x, _STRIDE)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, *S) for S multiples of 32."""
         pools: list[torch.Tensor] = []
         for stage in self.stages:
             x = self.pool(stage(x))
@@ -173,19 +175,23 @@ class FCN(nn.Module):
             score = self.upscore2(score) + self.score_pool4(pools[3])
         if self.variant == "8s":
             score = self.upscore_pool4(score) + self.score_pool3(pools[2])
-        return crop_to(self.upscore(score), shape)
+        return self.upscore(score)
 
 
-def fcn32s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
-    """FCN-32s: :class:`FCN` with ``variant="32s"``; other keyword arguments go to :class:`FCN`."""
-    return FCN(spatial_dims, in_channels, num_classes, variant="32s", **kwargs)  # type: ignore[arg-type]
+def _preset(variant: FCNVariant) -> Callable[..., FCN]:
+    def build(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
+        return FCN(spatial_dims, in_channels, num_classes, variant=variant, **kwargs)  # type: ignore[arg-type]
+
+    build.__name__ = build.__qualname__ = f"fcn{variant}"
+    build.__doc__ = f"FCN-{variant}: :class:`FCN` with ``variant={variant!r}``; the other options are FCN's."
+    # The signature (read by segpipe.models.registry.model_options) is FCN's without `variant`.
+    fcn_signature = inspect.signature(FCN)
+    build.__signature__ = fcn_signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in fcn_signature.parameters.values() if p.name != "variant"], return_annotation=FCN
+    )
+    return build
 
 
-def fcn16s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
-    """FCN-16s: :class:`FCN` with ``variant="16s"``; other keyword arguments go to :class:`FCN`."""
-    return FCN(spatial_dims, in_channels, num_classes, variant="16s", **kwargs)  # type: ignore[arg-type]
-
-
-def fcn8s(spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, **kwargs: object) -> FCN:
-    """FCN-8s: :class:`FCN` with ``variant="8s"``; other keyword arguments go to :class:`FCN`."""
-    return FCN(spatial_dims, in_channels, num_classes, variant="8s", **kwargs)  # type: ignore[arg-type]
+fcn32s = _preset("32s")
+fcn16s = _preset("16s")
+fcn8s = _preset("8s")

@@ -5,21 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segpipe.models.base import StridedNet, crop_to
 from segpipe.models.blocks import (
     DoubleConv,
     Norm,
     Upsample,
     UpsampleMode,
     conv_layer,
-    crop_to,
     max_pool_layer,
-    pad_to_multiple,
     reflect_pad,
     skip_join,
 )
 
 
-class UNet(nn.Module):
+class UNet(StridedNet):
     """Encoder-decoder with skip connections by concatenation; returns logits (B, K, *spatial).
 
     With ``base_channels=64, depth=4, norm=None, padded=False`` this is the network of the paper
@@ -59,6 +58,7 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.spatial_dims = spatial_dims
         self.depth = depth
+        self.stride = 2**depth
         self.padded = padded
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList()
@@ -76,17 +76,20 @@ class UNet(nn.Module):
         self.head = conv_layer(spatial_dims)(widths[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape[2:])
+        """Logits (B, K, *S) for an input (B, C, *S) of any spatial size S."""
         if self.padded:
-            x, _ = pad_to_multiple(x, 2**self.depth)
-        else:
-            before, after = [], []
-            for size in shape:
-                n = self.valid_input_size(size)
-                context = (n - self.output_size(n)) // 2
-                before.append(context)
-                after.append(n - size - context)
-            x = reflect_pad(x, before, after)
+            return super().forward(x)
+        shape = tuple(x.shape[2:])
+        before, after = [], []
+        for size in shape:
+            n = self.valid_input_size(size)
+            context = (n - self.output_size(n)) // 2
+            before.append(context)
+            after.append(n - size - context)
+        return crop_to(self.forward_padded(reflect_pad(x, before, after)), shape)
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for an input whose sizes are multiples of ``2**depth`` (padded) or valid sizes (unpadded)."""
         skips = []
         for block in self.encoder:
             x = block(x)
@@ -95,7 +98,7 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, block, skip in zip(self.ups, self.decoder, reversed(skips), strict=True):
             x = block(skip_join(skip, up(x)))
-        return crop_to(self.head(x), shape)
+        return self.head(x)
 
     def output_size(self, n: int) -> int:
         """Output size of the unpadded network for input size ``n`` (-1 when ``n`` is not valid)."""

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import CheckpointError, SegpipeError
+from segpipe.io.checkpoints import safe_load
 
 _MAX_PREFIX_DEPTH = 3
 
@@ -71,11 +72,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SegpipeError(f"encoder weights file {path} does not exist; give 'imagenet', 'none' or a file")
     try:
-        if path.suffix == ".safetensors":
-            obj: object = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types for a bad file
+        obj: object = load_file(str(path), device="cpu") if path.suffix == ".safetensors" else safe_load(path)
+    except CheckpointError as err:  # already one line naming the file and the reason
+        raise SegpipeError(f"cannot read encoder weights: {err}") from None
+    except Exception as err:  # safetensors raises several types for a bad file
         raise SegpipeError(f"cannot read encoder weights {path}: {type(err).__name__}: {err}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):

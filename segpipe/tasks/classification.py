@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch.nn import functional as F
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch import nn
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from segpipe.models.classifier import EncoderClassifier
+from segpipe.tasks.base import BaseTask, default_optimizer
 
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-
-
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(BaseTask):
     """Train :class:`segpipe.models.classifier.EncoderClassifier` on ``{"image": (B, C, H, W), "label": (B,)}``.
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` (the checkpoint monitor) and the same
@@ -34,11 +30,14 @@ class ClassificationTask(pl.LightningModule):
         dropout: dropout before the linear classifier.
         label_smoothing: cross-entropy label smoothing.
         optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
-        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/acc``.
+        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/acc``;
+            :class:`~segpipe.tasks.schedules.CosineToEnd` anneals over the whole run (no ``T_max``).
 
     Raises:
         ValueError: for an unknown encoder or ``class_names`` of the wrong length.
     """
+
+    monitor = "val/acc"
 
     def __init__(
         self,
@@ -49,19 +48,22 @@ class ClassificationTask(pl.LightningModule):
         class_names: list[str] | None = None,
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
-        self.net = EncoderClassifier(in_channels, num_classes, encoder, encoder_weights, dropout)
-        self.accuracy = torch.nn.ModuleDict(
-            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
-        )
+        super().__init__(optimizer, lr_scheduler)
+
+    def configure_models(self) -> None:
+        h = self.hparams
+        self.net = EncoderClassifier(h.in_channels, h.num_classes, h.encoder, h.encoder_weights, h.dropout)
+
+    def configure_losses(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.hparams.label_smoothing)
+
+    def configure_metrics(self) -> None:
+        self.set_stage_metrics(MetricCollection({"acc": MulticlassAccuracy(self.hparams.num_classes, average="micro")}))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes)."""
@@ -69,15 +71,15 @@ class ClassificationTask(pl.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
-        accuracy = self.accuracy[f"{stage}_acc"]
+        loss = self.criterion(logits, batch["label"])
+        accuracy = self.stage_metrics(stage)
         accuracy.update(logits.argmax(1), batch["label"])
         size = len(batch["image"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "train", batch_size=size)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
+        self.log_dict(accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -90,13 +92,3 @@ class ClassificationTask(pl.LightningModule):
         """``{"name": file stems, "label": (B,) predicted class, "probability": (B, K)}``."""
         probability = self(batch["image"]).softmax(1)
         return {"name": batch["name"], "label": probability.argmax(1), "probability": probability}
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, ReduceLROnPlateau):
-            config["monitor"] = "val/acc"
-        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,32 +1,26 @@
-"""SegmentationTask: a network from the registry, a loss, per-class metrics and the optimiser."""
+"""SegmentationTask: a network from the registry, a loss, per-class metrics; the optimiser set-up is BaseTask's."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from monai.inferers import sliding_window_inference
-from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 
 from segpipe.data.requirements import ModelRequirements
 from segpipe.evaluation import OverlapScores
-from segpipe.inference.tta import flip_averaged, tta_axes
+from segpipe.inference.sliding_window import WindowedInference
+from segpipe.inference.tta import tta_axes
 from segpipe.losses import LossName, SegmentationLoss
-from segpipe.models import build_model
+from segpipe.models import build_model, check_model_options, describe_model_options
+from segpipe.tasks.base import BaseTask, default_optimizer
 from segpipe.tasks.param_groups import param_groups
 
 TRAIN_LOSS_KEY = "train_loss_running_mean"
 
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-
-
-class SegmentationTask(pl.LightningModule):
+class SegmentationTask(BaseTask):
     """Train a segmentation network on batches ``{"image": (B, C, *spatial), "mask": (B, *spatial)}``.
 
     Logs ``train/loss``, ``val/loss``, per-class ``val/dice_<class>`` and ``val/iou_<class>``, and
@@ -38,7 +32,9 @@ class SegmentationTask(pl.LightningModule):
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: channels of the input images.
         num_classes: classes including background (label values 0..num_classes-1).
-        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``.
+        model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``; a wrong key is refused
+            with a suggestion and the list. Per architecture, with defaults (:func:`segpipe.models.model_options`):
+            MODEL_OPTIONS
         loss: ``dice``, ``ce`` or ``dice_ce``.
         class_weights: one weight per class for both loss terms.
         ignore_index: label value excluded from loss and metrics.
@@ -46,7 +42,8 @@ class SegmentationTask(pl.LightningModule):
         lambda_ce: weight of the CE term of ``dice_ce``.
         class_names: names used in metric keys (default ``class0``, ``class1``, ...).
         optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
-        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``.
+        lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``;
+            :class:`~segpipe.tasks.schedules.CosineToEnd` anneals over the whole run (no ``T_max``).
         inference_roi: window size for sliding-window inference at val/test/predict (volumes and large
             images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
         inference_overlap: overlap between neighbouring windows.
@@ -65,6 +62,8 @@ class SegmentationTask(pl.LightningModule):
             outside the spatial dimensions.
     """
 
+    monitor = "val/dice"
+
     def __init__(
         self,
         model: str = "unet",
@@ -78,7 +77,7 @@ class SegmentationTask(pl.LightningModule):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         class_names: list[str] | None = None,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         inference_roi: list[int] | None = None,
         inference_overlap: float = 0.5,
@@ -87,21 +86,35 @@ class SegmentationTask(pl.LightningModule):
         encoder_lr: float | None = None,
         slice_axis: int = 2,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
-        self.class_names = list(class_names or [f"class{i}" for i in range(num_classes)])
-        self.tta_axes = tta_axes(tta, spatial_dims)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
-        self.net = build_model(model, spatial_dims, in_channels, num_classes, **(model_kwargs or {}))
-        self.criterion = SegmentationLoss(
-            loss, num_classes, class_weights, ignore_index, lambda_dice=lambda_dice, lambda_ce=lambda_ce
+        super().__init__(optimizer, lr_scheduler)
+
+    def configure_models(self) -> None:
+        """The network, and how it runs over whole inputs at val/test/predict."""
+        h = self.hparams
+        self.tta_axes = tta_axes(h.tta, h.spatial_dims)
+        self.inference = WindowedInference(
+            h.spatial_dims, h.inference_roi, h.inference_overlap, h.inference_batch_size, h.slice_axis
         )
+        options = h.model_kwargs or {}
+        check_model_options(h.model, options)  # before the call, which would clash on e.g. in_channels
+        self.net = build_model(h.model, h.spatial_dims, h.in_channels, h.num_classes, **options)
+
+    def configure_losses(self) -> None:
+        h = self.hparams
+        self.criterion = SegmentationLoss(
+            h.loss, h.num_classes, h.class_weights, h.ignore_index, lambda_dice=h.lambda_dice, lambda_ce=h.lambda_ce
+        )
+
+    def configure_metrics(self) -> None:
         self.train_loss = MeanMetric()
-        self.val_scores = OverlapScores(num_classes, ignore_index)
-        self.test_scores = OverlapScores(num_classes, ignore_index)
+        overlap = OverlapScores(self.hparams.num_classes, self.hparams.ignore_index, self.hparams.class_names)
+        self.class_names = overlap.class_names  # class0, class1, ... when none are given
+        self.set_stage_metrics(MetricCollection({"overlap": overlap}), stages=("val", "test"))
+
+    def trainable_parameters(self) -> list[Any]:
+        return param_groups(self.net, self.hparams.encoder_lr)
 
     def requirements(self) -> ModelRequirements:
         """What this network expects of its data (checked by the DataModule before a stage runs)."""
@@ -113,37 +126,14 @@ class SegmentationTask(pl.LightningModule):
         return self.net(image)
 
     def infer(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits for whole inputs: one forward pass, or gaussian-blended sliding windows."""
-        if self.hparams.spatial_dims == 2 and image.ndim == 5:
-            return self.infer_slices(image)
-        roi = self.hparams.inference_roi
-        if roi is None:
-            return self(image)
-        return sliding_window_inference(
-            image,
-            roi_size=roi,
-            sw_batch_size=self.hparams.inference_batch_size,
-            predictor=self.net,
-            overlap=self.hparams.inference_overlap,
-            mode="gaussian",
-        )
+        """Logits (B, K, *spatial) for whole inputs: see :class:`segpipe.inference.WindowedInference`."""
+        return self.inference.logits(self.net, image)
 
     def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K, *spatial): softmax of :meth:`infer`, averaged over the ``tta`` flips."""
-        return flip_averaged(lambda x: self.infer(x).softmax(1), image, self.tta_axes)
+        return self.inference.probabilities(self.net, image, self.tta_axes)
 
-    def infer_slices(self, volume: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, X, Y, Z) of a 2D network over volumes (B, C, X, Y, Z), slice by slice along
-        ``slice_axis``: each slice goes through :meth:`infer`, ``inference_batch_size`` slices at a time.
-        """
-        axis = 2 + self.hparams.slice_axis
-        slices = volume.movedim(axis, 1)  # (B, S, C, H, W)
-        batch, count = slices.shape[:2]
-        flat = slices.reshape(batch * count, *slices.shape[2:])
-        logits = torch.cat([self.infer(part) for part in flat.split(self.hparams.inference_batch_size)])
-        return logits.reshape(batch, count, *logits.shape[1:]).movedim(1, axis)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self(batch["image"]), batch["mask"])
         # The epoch's mean is a metric so that a checkpoint written mid-epoch carries it (on_save_checkpoint).
         # A non-finite loss enters with weight 0: a batch that NonFiniteGuard skips stays out of the mean.
@@ -154,6 +144,7 @@ class SegmentationTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Mid-epoch, the epoch's running train/loss, so that a resumed epoch logs the whole epoch's mean.
+        # (Lightning has no public "last batch of the epoch": num_training_batches is inf for iterable data.)
         if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             checkpoint[TRAIN_LOSS_KEY] = {
                 "sum": self.train_loss.mean_value.cpu(),
@@ -166,48 +157,43 @@ class SegmentationTask(pl.LightningModule):
             device = self.train_loss.mean_value.device
             self.train_loss.mean_value, self.train_loss.weight = running["sum"].to(device), running["weight"].to(device)
 
-    def _evaluate(self, batch: dict[str, Any], stage: str, scores: OverlapScores) -> torch.Tensor:
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
         labels = logits.argmax(1)
-        scores.update(labels, batch["mask"])
+        self.stage_metrics(stage).update(labels, batch["mask"])
         return labels
 
-    def _log_scores(self, stage: str, scores: OverlapScores) -> None:
-        result = scores.compute()
-        for metric, values in result.items():
-            for name, value in zip(self.class_names, values, strict=True):
-                if not math.isnan(float(value)):
-                    self.log(f"{stage}/{metric}_{name}", value)
-        foreground = result["dice"][1:] if self.hparams.num_classes > 1 else result["dice"]
-        self.log(f"{stage}/dice", torch.nanmean(foreground), prog_bar=True)
-        scores.reset()
+    def _log_scores(self, stage: str) -> None:
+        metrics = self.stage_metrics(stage)
+        scores = metrics.compute()
+        mean_dice = scores.pop(f"{stage}/dice")
+        self.log_dict(scores)
+        self.log(f"{stage}/dice", mean_dice, prog_bar=True)
+        metrics.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_scores)
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_scores)
+        self._log_scores("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         """Scores the batch and returns ``{"prediction": (B, *spatial) labels}`` for per-case reports."""
-        return {"prediction": self._evaluate(batch, "test", self.test_scores)}
+        return {"prediction": self._evaluate(batch, "test")}
 
     def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_scores)
+        self._log_scores("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """``{"name": [str], "probabilities": (B, K, *spatial) float, "mask": (B, *spatial) labels}``."""
         probabilities = self.predict_probabilities(batch["image"])
         return {"name": batch["name"], "probabilities": probabilities, "mask": probabilities.argmax(1)}
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(param_groups(self.net, self.hparams.encoder_lr))
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, ReduceLROnPlateau):
-            config["monitor"] = "val/dice"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+
+# `segpipe fit --help` shows the docstring: each architecture's options are listed there, read from the
+# builders' signatures so that the help cannot drift from the code.
+SegmentationTask.__doc__ = (SegmentationTask.__doc__ or "").replace(
+    "MODEL_OPTIONS", "\n            ".join(f"{line};" for line in describe_model_options())
+)

@@ -17,6 +17,7 @@ from segpipe.callbacks import NonFiniteGuard, ResumableCheckpoint
 from segpipe.cli import main
 from segpipe.io.checkpoints import safe_load
 from segpipe.losses import SegmentationLoss
+from segpipe.tasks.base import BaseTask
 
 
 @pytest.fixture
@@ -100,16 +101,23 @@ def test_a_model_with_nonfinite_weights_is_never_written(tmp_path: Path):
     assert not list(tmp_path.iterdir())
 
 
-class AlwaysNaN(pl.LightningModule):
+class AlwaysNaN(BaseTask):
+    monitor = "train/loss"
+
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(optimizer=lambda params: torch.optim.AdamW(params, lr=0.1, weight_decay=0.1))
+
+    def configure_models(self) -> None:
         self.layer = torch.nn.Linear(3, 1)
 
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.layer(batch[0]).sum() * math.nan
+    def configure_losses(self) -> None:
+        self.scale = math.nan
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.1)
+    def configure_metrics(self) -> None:
+        """No metrics: the tests look at the weights and the optimiser state."""
+
+    def training_loss(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).sum() * self.scale
 
 
 def test_a_skipped_batch_leaves_weights_and_optimiser_untouched():
@@ -119,7 +127,7 @@ def test_a_skipped_batch_leaves_weights_and_optimiser_untouched():
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[guard])
     with pytest.warns(UserWarning, match="batch skipped"):
         trainer.fit(model, data)
-    assert guard.skipped == 4 and "training_step" not in vars(model)  # restored after the fit
+    assert guard.skipped == 4 and model.loss_checks == []  # the check is removed after the fit
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not trainer.optimizers[0].state  # AdamW never stepped: no moments, no weight decay
 
@@ -133,3 +141,9 @@ def test_off_leaves_the_step_unchecked():
     assert all(p.isnan().all() for p in model.parameters())
     with pytest.raises(ValueError, match="'stop', 'skip' or 'off'"):
         NonFiniteGuard(on_nonfinite="ignore")
+
+
+def test_a_module_without_loss_checks_is_refused():
+    plain = pl.LightningModule()
+    with pytest.raises(TypeError, match="NonFiniteGuard needs a segpipe task"):
+        NonFiniteGuard().setup(pl.Trainer(logger=False), plain, "fit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub.constants
 import pytest
@@ -14,7 +15,7 @@ from torch.nn import functional as F
 
 from segpipe.errors import SegpipeError
 from segpipe.models import build_model
-from segpipe.models.weights import adapt_conv_weight, match_state_dict
+from segpipe.models.weights import adapt_conv_weight, match_state_dict, read_state_dict
 from segpipe.tasks.classification import ClassificationTask
 
 SMALL_UNET = {"encoder": "resnet18", "decoder_channels": [16, 8, 8, 8, 8]}
@@ -159,3 +160,14 @@ def test_imagenet_error_without_monkeypatching_is_quick_too(tmp_path: Path, monk
     with pytest.raises(SegpipeError, match="no network"):
         build_model("encoder_fcn", 2, 1, 2, encoder="tu-resnet18", encoder_weights="imagenet")
     assert time.monotonic() - start < 10
+
+
+def test_weights_with_pickled_objects_are_refused_unread(tmp_path: Path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": SimpleNamespace(a=1)}, path)
+    with pytest.raises(SegpipeError, match=r"cannot read encoder weights: .*pickled\.pth: refused: .*pickled Python"):
+        read_state_dict(path)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(SegpipeError, match=r"cannot read encoder weights: .*truncated\.pth: not a readable torch"):
+        read_state_dict(truncated)

@@ -7,7 +7,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segpipe.models import FCN, MODELS, DenseUNet, SegNet, UNet, build_model, fc_densenet103
+from segpipe.errors import SegpipeError
+from segpipe.models import (
+    FCN,
+    MODELS,
+    DenseUNet,
+    SegNet,
+    UNet,
+    build_model,
+    check_model_options,
+    fc_densenet103,
+    model_options,
+)
 from segpipe.models.blocks import MaxPoolWithIndices, MaxUnpool, bilinear_kernel
 from segpipe.models.fcn import BilinearUp
 
@@ -287,3 +298,29 @@ def test_unknown_model_suggests_close_name():
 def test_bad_arguments_raise_value_error(factory, kwargs, message):
     with pytest.raises(ValueError, match=message), torch.device("meta"):
         factory(**kwargs)
+
+
+def test_a_mistyped_model_option_names_the_key_a_suggestion_and_the_valid_options():
+    with pytest.raises(SegpipeError) as error:
+        build_model("unet", 2, 1, 2, dept=3)
+    assert str(error.value) == (
+        "model 'unet' has no option 'dept' in model_kwargs (did you mean 'depth'?); its options, with their "
+        "defaults: depth=4, base_channels=64, norm='batch', upsample='transpose', padded=True, dropout=0.0"
+    )
+    with pytest.raises(SegpipeError, match=r"set it as model\.in_channels, not inside model_kwargs"):
+        check_model_options("unet", {"in_channels": 3})
+
+
+def test_preset_options_are_those_of_their_family_without_the_fixed_ones():
+    assert model_options("fcn8s") == {
+        "base_channels": 64,
+        "fc_channels": 4096,
+        "fc_kernel": 7,
+        "dropout": 0.5,
+        "norm": None,
+    }
+    assert model_options("FC-DenseNet56") == {"dropout": 0.2, "norm": "batch"}
+    net = build_model("fcn16s", 2, 1, 2, base_channels=2, fc_channels=4)
+    assert isinstance(net, FCN) and net.variant == "16s"
+    with pytest.raises(SegpipeError, match="has no option 'variant'"):
+        build_model("fcn16s", 2, 1, 2, variant="8s")
