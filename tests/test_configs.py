@@ -74,7 +74,7 @@ def test_the_demo_resolves_to_its_documented_values():
     assert config.model.optimizer.class_path == "torch.optim.AdamW"
     assert config.model.optimizer.init_args.lr == 0.003 and config.model.optimizer.init_args.weight_decay == 0.0001
     assert config.data.class_path == "segpipe.data.MNIDemoDataModule"
-    assert config.data.init_args.normalization == "fixed" and config.data.init_args.mean == [49.06]
+    assert config.data.init_args.normalization == "dataset" and config.data.init_args.mean is None
     assert config.data.init_args.batch_size == 4 and config.data.init_args.root == "data/demo"
 
 
