@@ -52,6 +52,8 @@ def summarize_config(args: list[str], input_text: str | None, precision: str) ->
         )
     try:
         return _summarize_on_meta(hparams, shape, precision)
+    except SegpipeError:  # an unknown model option, already one line
+        raise
     # an unknown architecture or option, a bad precision, an input too small for the network's poolings
     except (ValueError, TypeError, RuntimeError) as err:
         raise SegpipeError(" ".join(str(err).split())) from None
