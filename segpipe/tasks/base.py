@@ -35,6 +35,8 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
 class BaseTask(pl.LightningModule, abc.ABC):
     """Hyperparameters saved, then models, losses and metrics configured; one optimiser set-up.
 
+    A subclass's ``class_names``, when given, must have ``num_classes`` names.
+
     Args:
         optimizer: optimiser factory, called with :meth:`trainable_parameters`.
         lr_scheduler: scheduler factory, called with the optimiser; ``None``: a constant learning rate.
@@ -52,6 +54,9 @@ class BaseTask(pl.LightningModule, abc.ABC):
         # Collects the subclass's __init__ arguments too (Lightning walks the __init__ frames); the factories
         # are callables, kept out of the checkpoint.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        names, count = self.hparams.get("class_names"), self.hparams.get("num_classes")
+        if names is not None and count is not None and len(names) != count:
+            raise ValueError(f"class_names has {len(names)} names, expected num_classes={count}")
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.loss_checks: list[LossCheck] = []

@@ -51,8 +51,6 @@ class ClassificationTask(BaseTask):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
         super().__init__(optimizer, lr_scheduler)
 
     def configure_models(self) -> None:

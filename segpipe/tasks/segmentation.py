@@ -86,8 +86,6 @@ class SegmentationTask(BaseTask):
         encoder_lr: float | None = None,
         slice_axis: int = 2,
     ) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names, expected num_classes={num_classes}")
         super().__init__(optimizer, lr_scheduler)
 
     def configure_models(self) -> None:
