@@ -58,6 +58,17 @@ def slab_splits(slices: list[int], n_slabs: int = len(SLAB_PATTERN)) -> dict[str
     return splits
 
 
+def mni_slices() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The T1 template, its tissue labels (0 background, 1 grey, 2 white matter) and the axial slices
+    (z indices) that hold at least ``MIN_BRAIN_PIXELS`` brain pixels."""
+    t1 = _load_template("t1")
+    gm = _load_template("gm").astype(np.float32) / 255.0
+    wm = _load_template("wm").astype(np.float32) / 255.0
+    labels = mni_labels(gm, wm)
+    brain = [z for z in range(labels.shape[2]) if (labels[:, :, z] > 0).sum() >= MIN_BRAIN_PIXELS]
+    return t1, labels, brain
+
+
 def build_mni_demo(root: str | Path) -> dict[str, list[int]]:
     """Write the demo dataset to ``root`` (layout ``splits``, 8-bit PNG images and masks).
 
@@ -65,11 +76,7 @@ def build_mni_demo(root: str | Path) -> dict[str, list[int]]:
     never leaves a half-written dataset behind.
     """
     root = Path(root)
-    t1 = _load_template("t1")
-    gm = _load_template("gm").astype(np.float32) / 255.0
-    wm = _load_template("wm").astype(np.float32) / 255.0
-    labels = mni_labels(gm, wm)
-    brain = [z for z in range(labels.shape[2]) if (labels[:, :, z] > 0).sum() >= MIN_BRAIN_PIXELS]
+    t1, labels, brain = mni_slices()
     splits = slab_splits(brain)
     tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

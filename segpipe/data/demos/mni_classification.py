@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from segpipe.data.demos.mni2d import MIN_BRAIN_PIXELS, SLAB_PATTERN, _load_template, mni_labels, slab_splits
+from segpipe.data.demos.mni2d import SLAB_PATTERN, mni_slices, slab_splits
 from segpipe.data.modules.classification import ClassificationFolderDataModule
 from segpipe.data.sources.pairing import Case
 from segpipe.io.atomic import publish_folder
@@ -38,11 +38,7 @@ def slab_classes(brain_slices: list[int]) -> dict[int, str]:
 def build_slab_classification(root: str | Path) -> dict[int, str]:
     """Write the slab-classification dataset to ``root`` (8-bit PNGs, one folder per slab); returns the labels."""
     root = Path(root)
-    t1 = _load_template("t1")
-    gm = _load_template("gm").astype(np.float32) / 255.0
-    wm = _load_template("wm").astype(np.float32) / 255.0
-    labels = mni_labels(gm, wm)
-    brain = [z for z in range(labels.shape[2]) if (labels[:, :, z] > 0).sum() >= MIN_BRAIN_PIXELS]
+    t1, _, brain = mni_slices()
     classes = slab_classes(brain)
     tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
