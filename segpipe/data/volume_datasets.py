@@ -64,6 +64,7 @@ class PreprocessedVolumeDataset(Dataset):
         self.track_meta = track_meta
 
     def _transform(self, index: int) -> Any:
+        # CacheDataset's per-item hook (MONAI has no public one): the random steps after the cache run here.
         seed_sampling(self.transform, index)
         case: VolumeCase = self.data[index]["case"]
         if self.cache is not None:

@@ -60,6 +60,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
+
+# Private torch modules: TorchDispatchMode and tree_flatten have no public home yet; they are how PyTorch's
+# own FlopCounterMode counts functional operations.
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -169,6 +172,7 @@ def layer_macs(module: nn.Module, inputs: Sequence[Any], output: torch.Tensor) -
 
 
 def _aliases(out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> bool:
+    # Tensor._base (the viewed tensor) is the only way to tell an in-place or view output from a new one.
     base = out._base if out._base is not None else out
     for inp in inputs:
         inp_base = inp._base if inp._base is not None else inp
