@@ -235,7 +235,7 @@ def test_two_workers_reading_one_case_concurrently_write_it_once(data: Path, tmp
             torch.testing.assert_close(batch["mask"][0], reference["mask"], rtol=0, atol=0)
         writes = log.read_text().split()[::2]
         assert sorted(writes) == sorted(c.name for c in cases), epoch
-    assert not list(cache.folder.glob(".*.tmp")), "a temporary file was left behind"
+    assert not list(cache.folder.rglob(".*.tmp*")), "a temporary file was left behind"
 
 
 def test_prepare_data_caches_the_stage_splits_and_skips_unreadable_cases(data: Path, tmp_path: Path):
