@@ -62,16 +62,20 @@ class ValidationOverlays(Callback):
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
         return self.every_n_epochs > 0 and (epoch % self.every_n_epochs == 0 or last)
 
+    def monitored(self, trainer: pl.Trainer) -> tuple[str, float] | None:
+        """The checkpoint's monitor and this epoch's value of it, when both are known."""
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        score = trainer.callback_metrics.get(monitor) if monitor else None
+        return None if score is None else (monitor, float(score))
+
     def improved(self, trainer: pl.Trainer) -> bool:
         """Whether this epoch is the best so far by the checkpoint's monitor (recorded when it is)."""
-        checkpoint = trainer.checkpoint_callback
-        monitor = getattr(checkpoint, "monitor", None)
-        score = trainer.callback_metrics.get(monitor) if monitor else None
-        if score is None:
+        monitored = self.monitored(trainer)
+        if monitored is None:
             return self.due(trainer)
-        if not improves(float(score), self.best_score, getattr(checkpoint, "mode", "max")):
+        if not improves(monitored[1], self.best_score, getattr(trainer.checkpoint_callback, "mode", "max")):
             return False
-        self.best_score = float(score)
+        self.best_score = monitored[1]
         return True
 
     # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the task's, which
@@ -89,7 +93,9 @@ class ValidationOverlays(Callback):
             return
         import matplotlib.pyplot as plt  # imported here: matplotlib loads only when a panel is drawn
 
-        figure = self.draw(dataset, pl_module, f"epoch {trainer.current_epoch}")
+        monitored = self.monitored(trainer)
+        title = f"epoch {trainer.current_epoch}" + (f", {monitored[0]} {monitored[1]:.4f}" if monitored else "")
+        figure = self.draw(dataset, pl_module, title)
         if due:
             logger.log_figure(figure, f"figures/overlays/epoch_{trainer.current_epoch:03d}.png")
         if best:
