@@ -7,8 +7,9 @@ Empty classes follow nnU-Net's convention, extended to the distances:
   undefined), so a missed or hallucinated structure is penalised by the overlap scores only;
 * NaN values are left out of the mean, median and std, and the summary says how many cases were used.
 
-Distances are in the units of ``spacing`` (pixels/voxels when it is not known); volumes are voxel counts
-times the voxel volume.
+Distances are in the units of ``spacing`` and their names say which (``hd95_mm``, ``asd_mm``); without a
+spacing they are in pixels (``_px``, 2D) or voxels (``_vox``, volumes). Volumes are voxel counts times the
+voxel volume.
 """
 
 from __future__ import annotations
@@ -20,11 +21,40 @@ from typing import Any
 import numpy as np
 import torch
 
-CASE_COLUMNS = ("case", "class", "dice", "iou", "hd95", "asd", "volume_pred", "volume_ref")
-SCORE_COLUMNS = ("dice", "iou", "hd95", "asd")
+OVERLAP_SCORES = ("dice", "iou")
+DISTANCE_SCORES = ("hd95", "asd")
 SUMMARY_COLUMNS = ("class", "metric", "n", "mean", "median", "std")
 
 Rows = list[dict[str, str | float]]
+
+
+def distance_unit(spacing: Sequence[float] | None, spatial_dims: int) -> str:
+    """``mm`` when the pixel/voxel size is known, else ``px`` (2D) or ``vox`` (volumes)."""
+    if spacing is not None:
+        return "mm"
+    return "px" if spatial_dims == 2 else "vox"
+
+
+def score_columns(unit: str) -> tuple[str, ...]:
+    """The scored columns of a report whose distances are in ``unit``: ``dice, iou, hd95_<unit>, asd_<unit>``."""
+    return (*OVERLAP_SCORES, *(f"{name}_{unit}" for name in DISTANCE_SCORES))
+
+
+def case_columns(unit: str) -> tuple[str, ...]:
+    """The columns of ``test_cases.csv``: case, class, the scores (:func:`score_columns`), the volumes."""
+    return ("case", "class", *score_columns(unit), "volume_pred", "volume_ref")
+
+
+def unit_of(rows: Sequence[dict[str, str | float]]) -> str:
+    """The distance unit of rows made by :func:`case_metrics` (``px`` for no rows).
+
+    Raises:
+        ValueError: when the rows mix units (cases with and without a known spacing).
+    """
+    units = {key.removeprefix("hd95_") for row in rows for key in row if key.startswith("hd95_")}
+    if len(units) > 1:
+        raise ValueError(f"the cases' distances are in different units {sorted(units)}: some lack a spacing")
+    return units.pop() if units else "px"
 
 
 def case_metrics(
@@ -34,7 +64,7 @@ def case_metrics(
     case: str,
     spacing: Sequence[float] | None = None,
 ) -> Rows:
-    """One row per foreground class for one case.
+    """One row per foreground class for one case; distances named with their unit (:func:`distance_unit`).
 
     Args:
         prediction: label map (*spatial) of integers 0..K-1.
@@ -56,6 +86,8 @@ def case_metrics(
     ref = torch.nn.functional.one_hot(reference.long().cpu(), num_classes).movedim(-1, 0)[None].float()
     voxel = float(np.prod(spacing)) if spacing is not None else 1.0
     sp = list(spacing) if spacing is not None else None
+    unit = distance_unit(spacing, reference.ndim)
+    hd95, asd = (f"{name}_{unit}" for name in DISTANCE_SCORES)
     dice = compute_dice(pred, ref, include_background=True, ignore_empty=False)[0]
     iou = compute_iou(pred, ref, include_background=True, ignore_empty=False)[0]
     rows: Rows = []
@@ -63,14 +95,14 @@ def case_metrics(
         n_pred, n_ref = int(pred[0, c].sum()), int(ref[0, c].sum())
         row: dict[str, str | float] = {"case": case, "class": class_names[c]}
         if n_pred == 0 and n_ref == 0:
-            row.update(dice=math.nan, iou=math.nan, hd95=math.nan, asd=math.nan)
+            row.update({"dice": math.nan, "iou": math.nan, hd95: math.nan, asd: math.nan})
         elif n_pred == 0 or n_ref == 0:
-            row.update(dice=0.0, iou=0.0, hd95=math.nan, asd=math.nan)
+            row.update({"dice": 0.0, "iou": 0.0, hd95: math.nan, asd: math.nan})
         else:
             p, r = pred[:, [0, c]], ref[:, [0, c]]
             hd = compute_hausdorff_distance(p, r, include_background=False, percentile=95, spacing=sp)
-            asd = compute_average_surface_distance(p, r, include_background=False, symmetric=True, spacing=sp)
-            row.update(dice=float(dice[c]), iou=float(iou[c]), hd95=float(hd[0, 0]), asd=float(asd[0, 0]))
+            sd = compute_average_surface_distance(p, r, include_background=False, symmetric=True, spacing=sp)
+            row.update({"dice": float(dice[c]), "iou": float(iou[c]), hd95: float(hd[0, 0]), asd: float(sd[0, 0])})
         row.update(volume_pred=n_pred * voxel, volume_ref=n_ref * voxel)
         rows.append(row)
     return rows
@@ -116,12 +148,34 @@ def batch_case_metrics(
     return cases
 
 
+def foreground_dice(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> float:
+    """Dice of one case averaged over the foreground classes present in either map (NaN if none is).
+
+    Args:
+        prediction: label map (*spatial) of integers 0..K-1.
+        reference: label map of the same shape.
+        num_classes: K, background included.
+    """
+    scores = []
+    for c in range(1, num_classes):
+        p, r = prediction == c, reference == c
+        total = int(p.sum()) + int(r.sum())
+        if total:
+            scores.append(2.0 * int((p & r).sum()) / total)
+    return float(np.mean(scores)) if scores else math.nan
+
+
 def summarize_cases(rows: Sequence[dict[str, str | float]]) -> list[dict[str, str | float]]:
-    """Per class and metric: cases used (non-NaN), mean, median and (population) std."""
+    """Per class and metric: cases used (non-NaN), mean, median and (population) std.
+
+    Raises:
+        ValueError: when the rows mix distance units (:func:`unit_of`).
+    """
     classes = list(dict.fromkeys(str(r["class"]) for r in rows))
+    metrics = score_columns(unit_of(rows))
     summary: list[dict[str, str | float]] = []
     for name in classes:
-        for metric in SCORE_COLUMNS:
+        for metric in metrics:
             values = np.array([float(r[metric]) for r in rows if r["class"] == name], dtype=float)
             values = values[~np.isnan(values)]
             stats = (values.mean(), np.median(values), values.std()) if values.size else (math.nan,) * 3

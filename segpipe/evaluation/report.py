@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from segpipe.evaluation.case_metrics import CASE_COLUMNS, SCORE_COLUMNS, SUMMARY_COLUMNS, Rows, summarize_cases
+from segpipe.evaluation.case_metrics import SUMMARY_COLUMNS, Rows, case_columns, summarize_cases, unit_of
 from segpipe.io.atomic import write_text
 
 CASES_FILE = "test_cases.csv"
@@ -24,20 +24,26 @@ SUMMARY_FILE = "test_summary.csv"
 
 @dataclass(frozen=True)
 class CaseReport:
-    """The written report: per-case rows, their per-class summary and the two CSV files."""
+    """The written report: per-case rows, their per-class summary, the two CSV files and the distance unit."""
 
     rows: Rows
     summary: Rows
     cases_csv: Path
     summary_csv: Path
+    unit: str
 
 
 def write_report(folder: Path, rows: Rows) -> CaseReport:
-    """Summarise ``rows`` and write ``test_cases.csv`` and ``test_summary.csv`` into ``folder``."""
+    """Summarise ``rows`` and write ``test_cases.csv`` and ``test_summary.csv`` into ``folder``.
+
+    Raises:
+        ValueError: when the rows mix distance units (:func:`~segpipe.evaluation.case_metrics.unit_of`).
+    """
+    unit = unit_of(rows)
     summary = summarize_cases(rows)
-    cases_csv = write_csv(folder / CASES_FILE, rows, CASE_COLUMNS)
+    cases_csv = write_csv(folder / CASES_FILE, rows, case_columns(unit))
     summary_csv = write_csv(folder / SUMMARY_FILE, summary, SUMMARY_COLUMNS)
-    return CaseReport(rows, summary, cases_csv, summary_csv)
+    return CaseReport(rows, summary, cases_csv, summary_csv, unit)
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, str | float]], columns: Sequence[str]) -> Path:
@@ -60,12 +66,13 @@ def summary_table(summary: Sequence[dict[str, str | float]], title: str = "Test 
     """A Rich table: one row per class, ``mean ± std (median) n=...`` per metric, NaN cases excluded."""
     table = Table(title=title, caption="mean ± std (median) n=scored cases; empty classes (NaN) excluded")
     table.add_column("class")
-    for metric in SCORE_COLUMNS:
+    metrics = list(dict.fromkeys(str(s["metric"]) for s in summary))
+    for metric in metrics:
         table.add_column(metric, justify="right")
     classes = list(dict.fromkeys(str(s["class"]) for s in summary))
     for name in classes:
         cells = []
-        for metric in SCORE_COLUMNS:
+        for metric in metrics:
             s = next(x for x in summary if x["class"] == name and x["metric"] == metric)
             if s["n"] == 0:
                 cells.append("n/a n=0")

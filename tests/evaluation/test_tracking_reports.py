@@ -11,14 +11,21 @@ import pytest
 import torch
 
 from segpipe.data.sources.pairing import Case
-from segpipe.evaluation.case_metrics import CASE_COLUMNS, case_metrics, summarize_cases
-from segpipe.evaluation.report import summary_table, write_csv
+from segpipe.evaluation.case_metrics import case_columns, case_metrics, foreground_dice, summarize_cases, unit_of
+from segpipe.evaluation.report import summary_table, write_csv, write_report
 from segpipe.models import build_model
-from segpipe.tracking.case_report import gather_cases
+from segpipe.tracking.case_report import gather_cases, mean_metrics
 from segpipe.tracking.config import default_run_name
-from segpipe.tracking.figures import box_plot_figure, overlay_figure, representative_slice
+from segpipe.tracking.figures import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    box_plot_figure,
+    error_map,
+    overlay_figure,
+    representative_slice,
+)
 from segpipe.tracking.metadata import data_fingerprint, model_size
-from segpipe.tracking.overlays import fixed_indices
+from segpipe.tracking.overlays import fixed_indices, improves
 
 NAMES = ["background", "disc", "square"]
 
@@ -39,9 +46,9 @@ def test_case_metrics_values_and_empty_class_convention():
     disc, square = rows
     # 12 of 16 pixels overlap: Dice 2*12/32, IoU 12/20; boundaries one pixel apart.
     assert disc["dice"] == pytest.approx(0.75) and disc["iou"] == pytest.approx(0.6)
-    assert disc["hd95"] == pytest.approx(1.0) and 0 < disc["asd"] <= 1.0
+    assert disc["hd95_px"] == pytest.approx(1.0) and 0 < disc["asd_px"] <= 1.0  # 2D, no spacing: pixels
     assert disc["volume_pred"] == 16 and disc["volume_ref"] == 16
-    assert all(math.isnan(square[k]) for k in ("dice", "iou", "hd95", "asd"))  # empty in both
+    assert all(math.isnan(square[k]) for k in ("dice", "iou", "hd95_px", "asd_px"))  # empty in both
     assert square["volume_pred"] == 0 and square["volume_ref"] == 0
 
 
@@ -49,9 +56,11 @@ def test_missed_structure_scores_zero_overlap_and_no_distance_and_spacing_scales
     pred, ref = squares()
     missed = case_metrics(torch.zeros_like(ref), ref, NAMES, "c")[0]
     assert missed["dice"] == 0 and missed["iou"] == 0
-    assert math.isnan(missed["hd95"]) and math.isnan(missed["asd"])
+    assert math.isnan(missed["hd95_px"]) and math.isnan(missed["asd_px"])
     scaled = case_metrics(pred, ref, NAMES, "c", spacing=[2.0, 3.0])[0]
-    assert scaled["hd95"] == pytest.approx(3.0)  # the shift is along the second axis (3 mm)
+    assert scaled["hd95_mm"] == pytest.approx(3.0) and "hd95_px" not in scaled  # shifted along the 3 mm axis
+    volume = case_metrics(pred[..., None], ref[..., None], NAMES, "v")[0]
+    assert "hd95_vox" in volume and "asd_vox" in volume  # a volume without spacing: voxels
     assert scaled["volume_ref"] == pytest.approx(16 * 6.0)
 
 
@@ -64,21 +73,63 @@ def test_summary_excludes_nan_and_csv_writes_empty_cells(tmp_path: Path):
     assert summary["disc", "dice"]["median"] == pytest.approx(0.875)
     assert summary["disc", "dice"]["std"] == pytest.approx(0.125)
     assert summary["square", "dice"]["n"] == 0 and math.isnan(summary["square", "dice"]["mean"])
-    path = write_csv(tmp_path / "cases.csv", rows, CASE_COLUMNS)
+    path = write_csv(tmp_path / "cases.csv", rows, case_columns("px"))
     lines = path.read_text().splitlines()
-    assert lines[0] == ",".join(CASE_COLUMNS)
+    assert lines[0] == "case,class,dice,iou,hd95_px,asd_px,volume_pred,volume_ref"
     assert lines[1].startswith("a,disc,0.75,0.6,")  # 6 significant digits: readable in the MLflow UI
     assert lines[2] == "a,square,,,,,0,0"
     assert summary_table(list(summary.values())).row_count == 2
 
 
-def test_figures_have_one_row_per_case_and_a_panel_per_metric():
+def test_report_names_distances_with_their_unit_and_refuses_mixed_units(tmp_path: Path):
     pred, ref = squares()
+    report = write_report(tmp_path, case_metrics(pred, ref, NAMES, "a", spacing=[2.0, 3.0]))
+    assert report.unit == "mm"
+    assert report.cases_csv.read_text().splitlines()[0] == "case,class,dice,iou,hd95_mm,asd_mm,volume_pred,volume_ref"
+    assert {s["metric"] for s in report.summary} == {"dice", "iou", "hd95_mm", "asd_mm"}
+    with pytest.raises(ValueError, match=r"different units \['mm', 'px'\]"):
+        unit_of(case_metrics(pred, ref, NAMES, "a") + report.rows)
+
+
+def test_per_case_means_are_named_by_class_index_and_foreground_mean():
+    pred, ref = squares()
+    rows = case_metrics(pred, ref, NAMES, "a") + case_metrics(ref, ref, NAMES, "b")
+    extra = {"case": "b", "class": "square", "dice": 0.5, "iou": 0.25, "hd95_px": 2.0, "asd_px": 1.0}
+    metrics = mean_metrics(summarize_cases([*rows, {**extra, "volume_pred": 1.0, "volume_ref": 1.0}]), NAMES)
+    assert metrics["test/dice_mean_disc"] == pytest.approx(0.875) == metrics["test/dice_mean_c1"]
+    assert metrics["test/dice_mean_square"] == pytest.approx(0.5) == metrics["test/dice_mean_c2"]
+    assert metrics["test/dice_mean_fg_mean"] == pytest.approx((0.875 + 0.5) / 2)
+    assert metrics["test/iou_mean_c1"] == pytest.approx(0.8)  # (0.6 + 1) / 2
+    assert metrics["test/hd95_px_mean_disc"] == pytest.approx(0.5)  # the shifted square 1 px, the exact one 0
+    assert metrics["test/hd95_px_mean_square"] == pytest.approx(2.0)
+    assert "test/asd_px_mean_fg_mean" in metrics and not any("hd95_mm" in k for k in metrics)
+    # a class that no case scores (all NaN) is left out, and out of the foreground mean
+    only_disc = mean_metrics(summarize_cases(rows), NAMES)
+    assert "test/dice_mean_square" not in only_disc and only_disc["test/dice_mean_fg_mean"] == pytest.approx(0.875)
+
+
+def test_error_map_marks_false_positives_and_negatives_and_overlay_shows_dice():
+    pred, ref = squares()
+    errors = error_map(ref.numpy(), pred.numpy())
+    assert (errors == FALSE_POSITIVE).sum() == 4 and errors[2:6, 6].tolist() == [FALSE_POSITIVE] * 4
+    assert (errors == FALSE_NEGATIVE).sum() == 4 and errors[2:6, 2].tolist() == [FALSE_NEGATIVE] * 4
+    wrong_class = error_map(np.array([[1, 0]]), np.array([[2, 0]]))
+    assert wrong_class.tolist() == [[FALSE_POSITIVE, 0]]
+    assert foreground_dice(pred.numpy(), ref.numpy(), 3) == pytest.approx(0.75)  # class 2 absent: not averaged
+    assert math.isnan(foreground_dice(np.zeros((3, 3)), np.zeros((3, 3)), 3))
     image = np.random.default_rng(0).normal(size=(11, 9))
-    fig = overlay_figure([image, image], [ref.numpy()] * 2, [pred.numpy()] * 2, ["a", "b"], NAMES, "epoch 0")
-    assert len(fig.axes) == 6
+    fig = overlay_figure([image, image], [ref.numpy()] * 2, [pred.numpy()] * 2, ["a", "b"], NAMES, "e", [0.75, 0.5])
+    assert len(fig.axes) == 8  # image, ground truth, prediction, errors per case
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "ground truth", "prediction, Dice 0.750", "errors"]
+    assert fig.axes[6].get_title() == "prediction, Dice 0.500"
+    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
+    assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")
+
+
+def test_figures_have_a_panel_per_metric():
+    pred, ref = squares()
     rows = case_metrics(pred, ref, NAMES, "a")
-    assert len(box_plot_figure(rows).axes) == 2
+    assert len(box_plot_figure(rows, ("dice", "hd95_px")).axes) == 2
     volume = np.zeros((4, 5, 6), np.int64)
     volume[1:3, 1:3, 4] = 1
     assert representative_slice(volume) == 4
