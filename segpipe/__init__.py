@@ -1,3 +1,8 @@
-from importlib.metadata import version
+"""segpipe: semantic segmentation of medical images on PyTorch Lightning (see docs/architecture.md)."""
 
-__version__ = version("segpipe")
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("segpipe")
+except PackageNotFoundError:  # imported from the copy shipped with an MLflow model (code_paths)
+    __version__ = "unknown"
