@@ -44,11 +44,24 @@ def model_kwargs_with_defaults(model: str, model_kwargs: Mapping[str, Any] | Non
     return {**defaults, **(model_kwargs or {})}
 
 
+def first_option(model_kwargs: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    """The value of the first of ``names`` that ``model_kwargs`` sets (not None), else None."""
+    return next((model_kwargs[name] for name in names if model_kwargs.get(name) is not None), None)
+
+
 def network_size(model_kwargs: Mapping[str, Any]) -> str:
     """``d4w16`` for depth 4 and 16 base channels; the parts a network has no option for are left out."""
-    depth = next((model_kwargs[k] for k in DEPTH_OPTIONS if model_kwargs.get(k) is not None), None)
-    width = next((model_kwargs[k] for k in WIDTH_OPTIONS if model_kwargs.get(k) is not None), None)
+    depth, width = first_option(model_kwargs, DEPTH_OPTIONS), first_option(model_kwargs, WIDTH_OPTIONS)
     return (f"d{depth}" if depth is not None else "") + (f"w{width}" if width is not None else "")
+
+
+def network_and_options(model: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The network's name (:func:`network_name`; a classifier's: its ``encoder``) and its options with
+    defaults, from the ``model`` section of a config."""
+    if "model" not in model:  # a classifier (segpipe classify)
+        return model.get("encoder"), {}
+    kwargs = model_kwargs_with_defaults(str(model["model"]), model.get("model_kwargs"))
+    return network_name(str(model["model"]), int(model.get("spatial_dims", 2)), kwargs), kwargs
 
 
 def dataset_identity(root: str | Path | None) -> dict[str, str]:
@@ -81,18 +94,19 @@ def run_identity(config: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     ``dataset``, ``modality`` of a resolved fit config (``model`` and ``data`` sections as dicts)."""
     model = config.get("model") or {}
     data_args = (config.get("data") or {}).get("init_args") or {}
-    name, dims = str(model.get("model", "unet")), int(model.get("spatial_dims", 2))
-    kwargs = model_kwargs_with_defaults(name, model.get("model_kwargs"))
-    network = network_name(name, dims, kwargs)
+    dims = int(model.get("spatial_dims", 2))
+    network, kwargs = network_and_options({"model": "unet", **model})
     identity = dataset_identity(data_args.get("root"))
-    parts = [identity.get("dataset"), network.removesuffix("3d"), network_size(kwargs), f"{dims}d"]
-    tags = {"task": "segmentation", "spatial_dims": str(dims), "network": network, **identity}
+    parts = [identity.get("dataset"), str(network).removesuffix("3d"), network_size(kwargs), f"{dims}d"]
+    tags = {"task": "segmentation", "spatial_dims": str(dims), "network": str(network), **identity}
     return "-".join(p for p in parts if p), tags
 
 
-def class_name(class_path: Any) -> str:
-    """``torch.optim.AdamW`` -> ``AdamW``."""
-    return str(class_path).rpartition(".")[2]
+def class_name(factory: Any) -> str | None:
+    """``torch.optim.AdamW`` (or ``{"class_path": "torch.optim.AdamW", ...}``) -> ``AdamW``; None -> None."""
+    if isinstance(factory, dict):
+        factory = factory.get("class_path")
+    return None if factory is None else str(factory).rpartition(".")[2]
 
 
 def headline_params(config: Mapping[str, Any]) -> dict[str, str]:
@@ -107,24 +121,23 @@ def headline_params(config: Mapping[str, Any]) -> dict[str, str]:
     optimizer, scheduler = model.get("optimizer"), model.get("lr_scheduler")
     # A factory given by class_path has init_args; a function (segpipe's default) is named as it is.
     optimizer_args = (optimizer.get("init_args") or {}) if isinstance(optimizer, dict) else {}
-    kwargs = model_kwargs_with_defaults(str(model.get("model", "unet")), model.get("model_kwargs"))
-    _, tags = run_identity(config)
+    network, kwargs = network_and_options(model)
     params = {
-        "network": tags["network"],
-        "depth": next((kwargs[k] for k in DEPTH_OPTIONS if kwargs.get(k) is not None), None),
-        "width": next((kwargs[k] for k in WIDTH_OPTIONS if kwargs.get(k) is not None), None),
+        "network": network,
+        "depth": first_option(kwargs, DEPTH_OPTIONS),
+        "width": first_option(kwargs, WIDTH_OPTIONS),
         "norm": kwargs.get("norm"),
         "loss": model.get("loss"),
-        "optimizer": class_name(optimizer["class_path"] if isinstance(optimizer, dict) else optimizer),
+        "optimizer": class_name(optimizer),
         "lr": optimizer_args.get("lr"),
         "weight_decay": optimizer_args.get("weight_decay"),
-        "scheduler": class_name(scheduler["class_path"] if isinstance(scheduler, dict) else scheduler or "constant"),
+        "scheduler": class_name(scheduler) or "constant",
         "batch_size": data_args.get("batch_size"),
         "patch_size": "x".join(map(str, data_args["patch_size"])) if data_args.get("patch_size") else None,
         "epochs": trainer.get("max_epochs"),
         "precision": trainer.get("precision"),
         "seed": config.get("seed_everything"),
-        "dataset": tags.get("dataset"),
+        "dataset": dataset_identity(data_args.get("root")).get("dataset"),
         "normalization": data_args.get("normalization"),
     }
     return {key: str(value) for key, value in params.items() if value is not None and value is not False}

@@ -167,10 +167,13 @@ TEST_METRICS_NOTE = (
 )
 
 
-def run_description(identity: Mapping[str, str], counts: Mapping[str, int], tested: str | None) -> str:
-    """The run's description (Markdown): dataset, split sizes, the checkpoint that was tested, what the
-    test metrics mean. ``identity`` as from :func:`segpipe.tracking.config.dataset_identity`, ``counts``
-    the cases per split, ``tested`` the checkpoint file of the test (None: not tested yet)."""
+def run_description(
+    identity: Mapping[str, str], counts: Mapping[str, int], tested: str | None, segmentation: bool = True
+) -> str:
+    """The run's description (Markdown): dataset, split sizes, the checkpoint that was tested and, for a
+    ``segmentation``, what the test metrics mean. ``identity`` as from
+    :func:`segpipe.tracking.config.dataset_identity`, ``counts`` the cases per split, ``tested`` the
+    checkpoint file of the test (None: not tested yet)."""
     splits = ", ".join(f"{counts.get(split, 0)} {split}" for split in ("train", "val", "test"))
     dataset = identity.get("dataset", "unnamed dataset")
     lines = [f"Dataset **{dataset}** ({identity.get('modality', 'image')}): {splits} cases."]
@@ -178,7 +181,8 @@ def run_description(identity: Mapping[str, str], counts: Mapping[str, int], test
         lines.append("Not tested yet.")
     else:
         lines.append(f"Test metrics are those of checkpoint `{tested}`.")
-        lines.append(TEST_METRICS_NOTE)
+        if segmentation:
+            lines.append(TEST_METRICS_NOTE)
     return "\n\n".join(lines)
 
 
@@ -251,5 +255,6 @@ class RunMetadata(Callback):
             return
         tested = Path(trainer.ckpt_path).name if trainer.ckpt_path else "none (the weights in memory)"
         identity = dataset_identity(getattr(datamodule, "root", None))
-        description = run_description(identity, split_sizes(datamodule.cases()), tested)
+        pooled = any(key.startswith("test/dice_pooled") for key in trainer.callback_metrics)
+        description = run_description(identity, split_sizes(datamodule.cases()), tested, segmentation=pooled)
         logger.set_tags({DESCRIPTION_TAG: description})
