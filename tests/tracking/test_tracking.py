@@ -71,8 +71,8 @@ def test_fit_records_metadata_figures_test_report_and_a_loadable_model(workdir: 
     assert len(params["fingerprint"]) == 16
     assert (params["n_train"], params["n_val"], params["n_test"]) == ("6", "3", "3")
     assert float(params["params_M"]) > 0 and float(params["gmacs"]) > 0
-    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="run/metadata.json")
-    assert json.loads(Path(local).read_text())["metadata"]["model.summary_input"] == "1x1x37x33"
+    metadata = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/run/metadata.json")
+    assert metadata["metadata"]["model.summary_input"] == "1x1x37x33"
     assert tags["version.torch"] == version("torch") and "hardware.platform" in tags
     assert "git.commit" in tags and tags["git.dirty"] in ("true", "false")
 
