@@ -140,6 +140,7 @@ def headline_params(config: Mapping[str, Any]) -> dict[str, str]:
         "dataset": dataset_identity(data_args.get("root")).get("dataset"),
         "normalization": data_args.get("normalization"),
     }
+    # False is LightningCLI's "no seed" (seed_everything: false): left out like None.
     return {key: str(value) for key, value in params.items() if value is not None and value is not False}
 
 
