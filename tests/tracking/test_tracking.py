@@ -175,6 +175,7 @@ def test_killed_fit_resumes_into_the_same_run(workdir: Path, flat_dataset: Path)
     epochs = {m.value for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "epoch")}
     assert set(range(resumed_epoch + 3)) <= {int(e) for e in epochs}
     assert "test/dice_pooled" in run.data.metrics
+    assert "checkpoint `last.ckpt`" in run.data.tags["mlflow.note.content"]  # the test of `segpipe test`
     assert {"reports/test_cases.csv", "reports/test_summary.csv"} <= artifact_paths(run.info.run_id, "reports")
     assert any(a.startswith("config/config-resumed-") for a in artifact_paths(run.info.run_id, "config"))
     assert len(list(Path("outputs").glob("*/*"))) == 1  # one run folder of checkpoints
