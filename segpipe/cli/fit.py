@@ -35,7 +35,7 @@ from segpipe.tracking import (
     ValidationOverlays,
     resumable_run_id,
 )
-from segpipe.tracking.config import default_run_name
+from segpipe.tracking.config import run_identity
 from segpipe.tracking.logger import effective_tracking_uri
 from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
 
@@ -112,22 +112,29 @@ class SegpipeCLI(LightningCLI):
         return init_args if isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger) else None
 
     def before_instantiate_classes(self) -> None:
-        # Name the MLflow run after its network unless the config names it; resume into the run stored in
-        # the checkpoint (fit continues it, test reports into it).
+        # Name and tag the MLflow run after its dataset and network (the config's run_name and tags win);
+        # resume into the run stored in the checkpoint (fit continues it, test reports into it).
         if self.subcommand not in ("fit", "test"):
             return
         config = self.config[self.subcommand]
         ckpt_path, init_args = config.get("ckpt_path"), self._mlflow_init_args(config)
         if init_args is None:
             return
+        name, tags = run_identity({"model": config.model.as_dict(), "data": self._data_config(config)})
         if init_args.get("run_name") is None:
-            model = config.model
-            init_args.run_name = default_run_name(model.model, model.spatial_dims, model.get("model_kwargs"))
+            init_args.run_name = name
+        init_args.tags = {**tags, **(init_args.get("tags") or {})}
         if not ckpt_path or not Path(ckpt_path).is_file() or init_args.get("run_id"):
             return
         run_id = resumable_run_id(ckpt_path, effective_tracking_uri(init_args.tracking_uri))
         if run_id is not None:
             init_args.run_id = run_id
+
+    @staticmethod
+    def _data_config(config: Namespace) -> dict[str, Any]:
+        """The ``data`` section as a dict (``class_path``/``init_args``), empty when the config has none."""
+        data = config.get("data")
+        return data.as_dict() if isinstance(data, Namespace) else {}
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Prediction logs nothing: do not open an empty MLflow run for it.

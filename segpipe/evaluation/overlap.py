@@ -45,17 +45,18 @@ class OverlapScores(MulticlassStatScores):
         return {"dice": dice, "iou": iou}
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """``{"dice_<class>": ..., "iou_<class>": ..., "dice": mean foreground Dice}``, absent classes left out.
+        """Scores by class name and by class index, absent classes left out: ``dice_<class>``,
+        ``iou_<class>``, ``dice_c<k>``, ``iou_c<k>``; and the foreground means ``dice`` (=
+        ``dice_fg_mean``) and ``iou_fg_mean``.
 
-        ``dice`` is the mean over classes 1.. (over the single class when ``num_classes`` is 1).
+        The index names (``dice_c1``) and the means compare across datasets whose classes are named
+        differently. Foreground is classes 1.. (the single class when ``num_classes`` is 1).
         """
-        scores = self.per_class()
-        named = {
-            f"{metric}_{name}": value
-            for metric, values in scores.items()
-            for name, value in zip(self.class_names, values, strict=True)
-            if not torch.isnan(value)
-        }
-        foreground = scores["dice"][1:] if len(self.class_names) > 1 else scores["dice"]
-        named["dice"] = torch.nanmean(foreground)
+        named: dict[str, torch.Tensor] = {}
+        for metric, values in self.per_class().items():
+            for k, (name, value) in enumerate(zip(self.class_names, values, strict=True)):
+                if not torch.isnan(value):
+                    named[f"{metric}_{name}"] = named[f"{metric}_c{k}"] = value
+            named[f"{metric}_fg_mean"] = torch.nanmean(values[1:] if len(values) > 1 else values)
+        named["dice"] = named["dice_fg_mean"]
         return named

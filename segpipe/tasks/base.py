@@ -22,6 +22,7 @@ from torchmetrics import MetricCollection
 from segpipe.tasks.schedules import RunLengthSchedule, run_length
 
 STAGES = ("train", "val", "test")
+BEST_SCORE_KEY = "best_score"
 
 LossCheck = Callable[[torch.Tensor], bool]
 """Given a training loss: True to train on it, False to skip the batch; it may also raise to stop."""
@@ -52,14 +53,16 @@ class BaseTask(pl.LightningModule, abc.ABC):
     ) -> None:
         super().__init__()
         # Collects the subclass's __init__ arguments too (Lightning walks the __init__ frames); the factories
-        # are callables, kept out of the checkpoint.
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # are callables, kept out of the checkpoint. Not sent to loggers: a run's params are the short
+        # headline ones of segpipe.tracking.config, the whole config its artifact.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         names, count = self.hparams.get("class_names"), self.hparams.get("num_classes")
         if names is not None and count is not None and len(names) != count:
             raise ValueError(f"class_names has {len(names)} names, expected num_classes={count}")
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.loss_checks: list[LossCheck] = []
+        self.best_score: dict[str, float] | None = None  # {"value", "epoch"} of log_best
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -85,6 +88,27 @@ class BaseTask(pl.LightningModule, abc.ABC):
     def stage_metrics(self, stage: str) -> MetricCollection:
         """The metric collection of ``stage`` (``train``, ``val`` or ``test``) set by :meth:`set_stage_metrics`."""
         return getattr(self, f"{stage}_metrics")
+
+    def log_best(self, value: torch.Tensor) -> None:
+        """Keep the best (highest) value of :attr:`monitor` over the epochs and log it with its epoch, as
+        ``<monitor>_best`` (``val/dice_best``) and ``best_epoch``; called with each epoch's monitored value.
+
+        Sanity-check epochs and NaN values are left out. The best survives a resume: it travels in the
+        checkpoint (:meth:`on_save_checkpoint`).
+        """
+        if self.trainer.sanity_checking or torch.isnan(value):
+            return
+        if self.best_score is None or float(value) > self.best_score["value"]:
+            self.best_score = {"value": float(value), "epoch": self.current_epoch}
+        self.log(f"{self.monitor}_best", self.best_score["value"])
+        self.log("best_epoch", float(self.best_score["epoch"]))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.best_score is not None:
+            checkpoint[BEST_SCORE_KEY] = dict(self.best_score)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_score = checkpoint.get(BEST_SCORE_KEY)
 
     @abc.abstractmethod
     def training_loss(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -18,14 +19,18 @@ from segpipe.tasks.base import BaseTask, default_optimizer
 from segpipe.tasks.param_groups import param_groups
 
 TRAIN_LOSS_KEY = "train_loss_running_mean"
+POOLED = re.compile(r"^test/(dice|iou)")
 
 
 class SegmentationTask(BaseTask):
     """Train a segmentation network on batches ``{"image": (B, C, *spatial), "mask": (B, *spatial)}``.
 
-    Logs ``train/loss``, ``val/loss``, per-class ``val/dice_<class>`` and ``val/iou_<class>``, and
-    ``val/dice``, the mean Dice over foreground classes (the checkpoint monitor). The same names with
-    ``test/`` are logged by ``segpipe test``.
+    Logs ``train/loss``, ``val/loss``, per-class ``val/dice_<class>`` and ``val/iou_<class>`` (also as
+    ``val/dice_c<k>``, ``val/iou_c<k>`` for class index k), ``val/dice`` (= ``val/dice_fg_mean``), the
+    mean Dice over foreground classes (the checkpoint monitor), and ``val/dice_best`` with its
+    ``best_epoch``. ``segpipe test`` logs ``test/loss`` and the split-level scores as
+    ``test/dice_pooled_<class>``, ``test/dice_pooled_c<k>``, ``test/dice_pooled`` (foreground mean),
+    ``test/dice_pooled_fg_mean`` and the same for ``iou``: the pixels of all test cases pooled.
 
     Args:
         model: architecture name in :data:`segpipe.models.MODELS` (``unet``, ...).
@@ -141,6 +146,7 @@ class SegmentationTask(BaseTask):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # Mid-epoch, the epoch's running train/loss, so that a resumed epoch logs the whole epoch's mean.
         # (Lightning has no public "last batch of the epoch": num_training_batches is inf for iterable data.)
         if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
@@ -150,6 +156,7 @@ class SegmentationTask(BaseTask):
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         running = checkpoint.get(TRAIN_LOSS_KEY)
         if running is not None and self.trainer.world_size == 1:  # on N processes it holds rank 0's part only
             device = self.train_loss.mean_value.device
@@ -166,10 +173,15 @@ class SegmentationTask(BaseTask):
     def _log_scores(self, stage: str) -> None:
         metrics = self.stage_metrics(stage)
         scores = metrics.compute()
+        metrics.reset()
+        if stage == "test":
+            # The split's pixels pooled: named so, beside the per-case means of the test report.
+            self.log_dict({POOLED.sub(r"test/\1_pooled", key): value for key, value in scores.items()})
+            return
         mean_dice = scores.pop(f"{stage}/dice")
         self.log_dict(scores)
         self.log(f"{stage}/dice", mean_dice, prog_bar=True)
-        metrics.reset()
+        self.log_best(mean_dice)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")

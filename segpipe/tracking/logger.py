@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -131,11 +132,17 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log one batch of metrics; asynchronous batches are checked as they complete."""
+        """Log one batch of metrics; asynchronous batches are checked as they complete.
+
+        Lightning's batches carry the ``epoch``: their step is the epoch, not the optimiser step, so that
+        MLflow's charts and compare view put runs of different datasets and batch sizes on one axis.
+        """
         from mlflow.entities import Metric
         from mlflow.utils.async_logging.run_operations import RunOperations
 
         timestamp = int(time.time() * 1000)
+        if "epoch" in metrics:
+            step = int(metrics["epoch"])
         batch = [
             Metric(key=re.sub(r"[^a-zA-Z0-9_/. -]+", "", key), value=float(value), timestamp=timestamp, step=step or 0)
             for key, value in metrics.items()
@@ -197,6 +204,19 @@ class MLflowLogger(MLFlowLogger):
     @rank_zero_only
     def log_text(self, text: str, artifact_file: str) -> None:
         self.guard(artifact_file, lambda: self.experiment.log_text(self.run_id, text, artifact_file))
+
+    @rank_zero_only
+    def log_dataset(
+        self, name: str, digest: str, source: str, tags: Mapping[str, str], context: str = "training"
+    ) -> None:
+        """Record a dataset as the run's input: ``name`` and ``digest`` in MLflow's Datasets column (and its
+        filter), ``source`` (a folder) and ``tags`` (e.g. split sizes) in the run's Datasets panel."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
+        input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), *(InputTag(k, str(v)) for k, v in tags.items())]
+        self.guard("dataset", lambda: self.experiment.log_inputs(self.run_id, [DatasetInput(dataset, input_tags)]))
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, Any]) -> None:

@@ -27,8 +27,9 @@ def test_absent_class_scores_nan_and_ignore_index_is_skipped():
     assert math.isnan(result["dice"][2].item())
     assert result["dice"][1].item() == pytest.approx(1.0)
     named = scores.compute()
-    assert "dice_class2" not in named and "iou_class2" not in named
+    assert not {"dice_class2", "iou_class2", "dice_c2", "iou_c2"} & set(named)
     assert named["dice"].item() == pytest.approx(1.0)  # the absent class is out of the foreground mean
+    assert named["dice_fg_mean"].item() == named["iou_fg_mean"].item() == pytest.approx(1.0)
 
 
 def _reference_scores(batches: list[tuple[torch.Tensor, torch.Tensor]], names: list[str]) -> dict[str, float]:
@@ -41,9 +42,12 @@ def _reference_scores(batches: list[tuple[torch.Tensor, torch.Tensor]], names: l
             fp[k] += ((prediction == k) & (reference != k)).sum()
             fn[k] += ((prediction != k) & (reference == k)).sum()
     dice, iou = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
-    out = {f"val/dice_{n}": float(d) for n, d in zip(names, dice, strict=True)}
-    out |= {f"val/iou_{n}": float(i) for n, i in zip(names, iou, strict=True)}
-    out["val/dice"] = float(dice[1:].mean())
+    out = {}
+    for metric, values in (("dice", dice), ("iou", iou)):
+        out |= {f"val/{metric}_{n}": float(v) for n, v in zip(names, values, strict=True)}
+        out |= {f"val/{metric}_c{k}": float(v) for k, v in enumerate(values)}
+        out[f"val/{metric}_fg_mean"] = float(values[1:].mean())
+    out["val/dice"] = out["val/dice_fg_mean"]
     return out
 
 
@@ -59,8 +63,10 @@ def test_stage_collection_logs_the_names_and_values_of_the_split_formula():
         collection.update(prediction, reference)
     result = {key: value.item() for key, value in collection.compute().items()}
     expected = _reference_scores(batches, names)
-    assert list(result) == [*(f"val/dice_{n}" for n in names), *(f"val/iou_{n}" for n in names), "val/dice"]
+    assert set(result) == set(expected) and len(result) == 2 * (2 * len(names) + 1) + 1
     assert result == pytest.approx(expected, rel=1e-6, abs=0)
+    # The same score by class name and by class index, so that runs on differently named classes compare.
+    assert result["val/dice_grey_matter"] == result["val/dice_c1"] and result["val/dice"] == result["val/dice_fg_mean"]
 
 
 def test_class_names_must_match_the_classes():
