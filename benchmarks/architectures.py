@@ -72,9 +72,9 @@ def read_back(tracking_uri: str) -> dict[str, float]:
     return {
         "epochs": len(history),
         "best_val_dice": max((h.value for h in history), default=float("nan")),
-        "test_dice": run_.data.metrics.get("test/dice", float("nan")),
-        "test_gm": run_.data.metrics.get("test/dice_grey_matter", float("nan")),
-        "test_wm": run_.data.metrics.get("test/dice_white_matter", float("nan")),
+        "test_dice": run_.data.metrics.get("test/dice_pooled", float("nan")),
+        "test_gm": run_.data.metrics.get("test/dice_pooled_grey_matter", float("nan")),
+        "test_wm": run_.data.metrics.get("test/dice_pooled_white_matter", float("nan")),
         "s_per_epoch": statistics.median(gaps) if gaps else float("nan"),
     }
 

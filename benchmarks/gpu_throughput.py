@@ -367,7 +367,7 @@ def run_demo(args: argparse.Namespace, precision: str, out: Path) -> dict[str, A
         "precision": precision,
         "returncode": proc.returncode,
         "wall_s": wall,
-        "test_dice": metrics.get("test/dice"),
+        "test_dice": metrics.get("test/dice_pooled"),
         "test_metrics": metrics,
         "last_epoch_seen": max(map(int, epochs)) if epochs else None,
         "command": " ".join(command[1:]),

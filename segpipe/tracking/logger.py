@@ -17,6 +17,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from segpipe.tracking.store import local_artifact_location
+
 if TYPE_CHECKING:  # mlflow and matplotlib are imported when a run logs, not when the CLI starts
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
@@ -57,7 +59,8 @@ class MLflowLogger(MLFlowLogger):
             ``MLFLOW_TRACKING_URI`` overrides it.
         tags: run tags.
         log_model: log checkpoints as artifacts (``True``: at the end of training; ``all``: as written).
-        artifact_location: artifact root for a newly created experiment.
+        artifact_location: artifact root for a newly created experiment (default for a SQLite store:
+            ``<db dir>/<db stem>-artifacts/<experiment name>``, so two stores never share a folder).
         run_id: attach to an existing run instead of creating one.
         synchronous: block on every logging call; ``None`` (default) logs asynchronously to an
             ``http(s)://`` server, so steps never wait on the network, and synchronously to local stores.
@@ -83,7 +86,7 @@ class MLflowLogger(MLFlowLogger):
             tracking_uri=uri,
             tags=tags,
             log_model=log_model,
-            artifact_location=artifact_location,
+            artifact_location=artifact_location or local_artifact_location(uri, experiment_name),
             run_id=run_id,
             synchronous=synchronous,
         )

@@ -34,7 +34,7 @@ def _store_with_run(path: Path, test_dice: float, stamps_ms: list[int]) -> str:
     run = client.create_run(client.create_experiment(path.stem))
     for step, stamp in enumerate(stamps_ms):
         client.log_metric(run.info.run_id, "val/dice", 0.5 + 0.1 * step, timestamp=stamp, step=step)
-    client.log_metric(run.info.run_id, "test/dice", test_dice)
+    client.log_metric(run.info.run_id, "test/dice_pooled", test_dice)
     client.set_terminated(run.info.run_id)
     return uri
 

@@ -37,8 +37,8 @@ def test_fit_writes_checkpoints_and_an_mlflow_run_then_predicts(workdir: Path, f
     assert len(runs) == 1
     run = runs[0]
     assert 0.0 <= run.data.metrics["val/dice"] <= 1.0
-    assert "test/dice" in run.data.metrics and "val/dice_class1" in run.data.metrics
-    assert run.data.params["config.model.model_kwargs.depth"] == "2"
+    assert "test/dice_pooled" in run.data.metrics and "val/dice_class1" in run.data.metrics
+    assert run.data.params["depth"] == "2"
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/dice")
     assert len(history) == 3
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

@@ -87,7 +87,7 @@ def test_classify_fit_logs_to_mlflow_and_its_checkpoint_seeds_a_unet(tmp_path: P
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["classify-tests"], output_format="list")
     assert 0.0 <= run.data.metrics["val/acc"] <= 1.0 and "train/loss" in run.data.metrics
-    assert run.data.params["config.model.encoder"] == "resnet18"
+    assert run.data.params["network"] == "resnet18"
 
     best = next(Path("outputs").rglob("best-*.ckpt"))
     state = torch.load(best, weights_only=True)["state_dict"]

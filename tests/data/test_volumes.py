@@ -260,13 +260,13 @@ def test_fit_validate_and_test_a_3d_unet_through_the_cli(tmp_path: Path, monkeyp
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = mlflow.search_runs(experiment_names=["tests3d"], output_format="list")
     assert 0.0 <= run.data.metrics["val/dice"] <= 1.0
-    assert run.data.params["config.model.spatial_dims"] == "3"
+    assert run.data.tags["spatial_dims"] == "3"
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/dice")) == 2
 
     assert main(["validate", "--config", str(config), "--ckpt_path", str(best)]) == 0
     assert main(["test", "--config", str(config), "--ckpt_path", str(best)]) == 0
     runs = mlflow.search_runs(experiment_names=["tests3d"], output_format="list")
-    assert any("test/dice" in r.data.metrics for r in runs)
+    assert any("test/dice_pooled" in r.data.metrics for r in runs)
 
 
 def test_bad_3d_data_is_refused_by_the_cli_with_exit_2(tmp_path: Path, monkeypatch, capsys):

@@ -15,7 +15,6 @@ from segpipe.evaluation.case_metrics import case_columns, case_metrics, foregrou
 from segpipe.evaluation.report import summary_table, write_csv, write_report
 from segpipe.models import build_model
 from segpipe.tracking.case_report import gather_cases, mean_metrics
-from segpipe.tracking.config import default_run_name
 from segpipe.tracking.figures import (
     FALSE_NEGATIVE,
     FALSE_POSITIVE,
@@ -189,16 +188,3 @@ def test_gather_cases_interleaves_ranks_and_keeps_each_case_once(monkeypatch: py
     gathered = gather_cases(shards[0])
     assert [case[0]["case"] for case in gathered] == [f"c{i}" for i in range(7)]
     assert all([row["class"] for row in case] == ["disc", "square"] for case in gathered)
-
-
-@pytest.mark.parametrize(
-    "model,spatial_dims,kwargs,name",
-    [
-        ("unet", 2, None, "unet"),
-        ("fcn", 2, {"variant": "16s", "base_channels": 8}, "fcn16s"),
-        ("segnet", 3, {}, "segnet3d"),
-        ("encoder_unet", 2, {"encoder": "resnet34"}, "encoder_unet-resnet34"),
-    ],
-)
-def test_default_run_name_says_which_network(model, spatial_dims, kwargs, name):
-    assert default_run_name(model, spatial_dims, kwargs) == name

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from segpipe.tracking.logger import MLflowLogger
 from segpipe.tracking.store import local_artifact_location
 
 
@@ -35,3 +36,10 @@ def test_location_is_beside_the_database_and_only_for_sqlite(tmp_path: Path, mon
     assert local_artifact_location(f"sqlite:///{tmp_path}/runs.db", "my demo/2D") == expected
     for uri in ("sqlite:///:memory:", "http://127.0.0.1:5000", "postgresql://mlflow@db/mlflow", "file:///x"):
         assert local_artifact_location(uri, "e") is None, uri
+
+
+def test_the_logger_puts_a_new_experiments_artifacts_beside_its_sqlite_store(tmp_path: Path):
+    logger = MLflowLogger(experiment_name="tests", tracking_uri=f"sqlite:///{tmp_path / 's' / 'a.db'}")
+    assert logger.run_id
+    experiment = mlflow.MlflowClient(logger.tracking_uri).get_experiment(logger.experiment_id)
+    assert experiment.artifact_location == (tmp_path / "s" / "a-artifacts" / "tests").as_uri()

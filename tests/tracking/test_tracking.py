@@ -118,7 +118,7 @@ def test_fit_records_metadata_figures_test_report_and_a_loadable_model(workdir: 
         summary = {(r["class"], r["metric"]): r for r in csv.DictReader(f)}
     assert float(summary["class1", "dice"]["mean"]) == pytest.approx(dice.mean())
     assert float(summary["class1", "dice"]["median"]) == pytest.approx(np.median(dice))
-    assert any(k.startswith("test/hd95") for k in run.data.metrics) or any(r["hd95"] == "" for r in rows)
+    assert "test/hd95_px_mean_class1" in run.data.metrics or any(r["hd95_px"] == "" for r in rows)
     printed = capsys.readouterr().out
     assert "Test metrics per class" in printed and "class2" in printed
 

@@ -91,7 +91,7 @@ def test_fit_logs_params_metrics_figures_and_model_to_a_server(tracking, flat_da
     runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
-    assert run.data.params["config.model.model_kwargs.depth"] == "2" and "data.fingerprint" in run.data.params
+    assert run.data.params["depth"] == "2" and "fingerprint" in run.data.params
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/dice")) == 2
     overlays = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "figures/overlays")}
     assert overlays == {"figures/overlays/epoch_000.png", "figures/overlays/epoch_001.png"}
