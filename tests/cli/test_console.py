@@ -1,0 +1,106 @@
+"""The terminal of a segpipe command: no logger prefixes, tips or known deprecations; a summary at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import mlflow
+import pytest
+from builders import tiny_config, write_config
+
+from segpipe.cli.run_summary import ui_command
+from segpipe.console import configure_console
+
+NOISE = ("INFO:pytorch_lightning", "INFO:lightning", "litlogger", "LeafSpec", "always_return_as_numpy", "Total FLOPs")
+
+
+def test_a_short_fit_prints_no_noise_and_ends_with_the_summary(tmp_path: Path, flat_dataset: Path):
+    config = tiny_config(flat_dataset)
+    config["trainer"]["max_epochs"] = 2
+    write_config(tmp_path / "tiny.yaml", config)
+    proc = subprocess.run(
+        [sys.executable, "-m", "segpipe.cli", "fit", "--config", "tiny.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout + proc.stderr
+    assert [word for word in NOISE if word in printed] == []
+    assert "FutureWarning" not in printed and "mlflow.pytorch: Saving pytorch model by Pickle" not in printed
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    (best,) = (tmp_path / "outputs").rglob("best-epoch*.ckpt")
+    epoch, dice = re.fullmatch(r"best-epoch(\d+)-dice([\d.]+)\.ckpt", best.name).groups()
+    test_key = "test/dice_pooled" if "test/dice_pooled" in run.data.metrics else "test/dice"
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("segpipe: ")]
+    assert summary == [
+        f"segpipe: best val/dice {dice} at epoch {int(epoch)}",
+        f"segpipe: {test_key} {run.data.metrics[test_key]:.4f} (all test pixels pooled)",
+        f"segpipe: checkpoint {best.relative_to(tmp_path)}",
+        f"segpipe: MLflow run {run.info.run_id} in experiment tests",
+        f"segpipe: open it with: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+
+
+def test_the_ui_command_opens_a_local_store_and_links_a_server_run():
+    assert ui_command("sqlite:////data/mlflow.db", "3", "abc") == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
+    assert ui_command("http://tracking:5000/", "3", "abc") == "http://tracking:5000/#/experiments/3/runs/abc"
+
+
+def test_only_the_named_messages_of_the_named_loggers_are_silenced():
+    configure_console()
+    tip = "💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger"
+    pip = "Failed to resolve installed pip version. ``pip`` will be added without a version specifier."
+    assert not _passes("lightning.pytorch.utilities.rank_zero", tip)
+    assert not _passes("pytorch_lightning.utilities.rank_zero", tip)
+    assert _passes("lightning.pytorch.utilities.rank_zero", "GPU available: False, used: False")
+    assert not _passes("mlflow.utils.environment", pip)
+    assert _passes("mlflow.utils.environment", "Failed to infer the requirements")
+    assert _passes("segpipe.data", pip)
+
+
+def test_records_print_once_without_logger_prefixes(capsys):
+    configure_console()
+    configure_console()  # a second call adds no second handler
+    logger = logging.getLogger("segpipe.tests.console")
+    logger.warning("case_05.png is empty")
+    logger.info("below the root level")
+    assert capsys.readouterr().err == "warning: case_05.png is empty\n"
+
+
+def test_deprecations_are_silenced_only_where_they_are_raised():
+    message = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure_console()
+        warnings.warn_explicit(message, FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(message, FutureWarning, "mine.py", 1, module="segpipe.mine")
+        warnings.warn_explicit(message, UserWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+    assert [(w.filename, w.category) for w in caught] == [("mine.py", FutureWarning), ("_pytree.py", UserWarning)]
+
+
+def _passes(logger_name: str, message: str) -> bool:
+    """Whether the logger's own filters let ``message`` through."""
+    logger = logging.getLogger(logger_name)
+    return bool(logger.filter(logger.makeRecord(logger_name, logging.WARNING, __file__, 1, message, (), None)))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_and_warnings():
+    """configure_console changes the process's root logger; give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with warnings.catch_warnings():
+        yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
