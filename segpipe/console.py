@@ -1,4 +1,4 @@
-"""The terminal of a ``segpipe`` command: one log format, and known third-party noise silenced narrowly.
+"""The terminal of a ``segpipe`` command: one log format, known third-party noise silenced narrowly, progress.
 
 :func:`configure_console` is called once by the ``segpipe`` entry point (not on import: a program that uses
 segpipe as a library keeps its own logging and warning set-up). Every filter names the module that speaks and
@@ -11,6 +11,10 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Lightning's rank-zero messages go through whichever of these its packages imported last.
 LIGHTNING_LOGGERS = (
@@ -126,3 +130,21 @@ def _route_lightning_logs() -> None:
 def _filter_known_warnings() -> None:
     for message, category, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def progress(items: Iterable[T], total: int, description: str) -> Iterator[T]:
+    """Yield ``items``, showing a Rich progress bar on stderr while they are consumed.
+
+    The bar shows only when stderr is a terminal and disappears when done, so logs, pipes and test output
+    hold no bar.
+
+    Args:
+        items: the work, consumed lazily (a generator or an executor's ``map``).
+        total: how many items there are.
+        description: what is being done, e.g. ``caching volumes``.
+    """
+    from rich.console import Console
+    from rich.progress import track
+
+    console = Console(stderr=True)
+    yield from track(items, description, total=total, console=console, transient=True, disable=not console.is_terminal)

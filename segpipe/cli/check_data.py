@@ -11,6 +11,7 @@ when anything is wrong, 0 with a summary (cases per split, classes, channels, sh
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +168,12 @@ def check(
     return datamodule.report(num_classes, in_channels, stage)
 
 
+def _reading(target: str) -> AbstractContextManager[Any]:
+    """A spinner on stderr while the files are read, when stderr is a terminal (else nothing is shown)."""
+    console = Console(stderr=True)
+    return console.status(f"checking {target} ...") if console.is_terminal else nullcontext()
+
+
 def main(argv: list[str]) -> int:
     """``segpipe check-data TARGET [--num-classes K] [--in-channels C] [--stage fit]``; returns the exit code:
     0 for a clean dataset, 2 when the table lists problems.
@@ -184,7 +191,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--in-channels", type=int, help="image channels (default: model/dataset.json)")
     parser.add_argument("--stage", choices=STAGES, default="fit", help="splits to check, as for that command")
     args, overrides = parser.parse_known_args(argv)
-    report = check(args.target, overrides, args.num_classes, args.in_channels, args.stage)
+    with _reading(args.target):
+        report = check(args.target, overrides, args.num_classes, args.in_channels, args.stage)
     # Unbounded when not a terminal, so that piped output and logs keep one line per problem.
     render(report, args.target, Console(width=None if sys.stdout.isatty() else 100_000))
     return 0 if report.ok else 2

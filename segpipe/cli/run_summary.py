@@ -1,10 +1,10 @@
 """The lines printed when ``segpipe fit`` or ``segpipe test`` ends: what came out and where it is.
 
-    segpipe: best val/dice 0.8093 at epoch 1
-    segpipe: test/dice_pooled 0.7836 (all test pixels pooled)
-    segpipe: checkpoint outputs/1/<run id>/checkpoints/best-epoch001-dice0.8093.ckpt
-    segpipe: MLflow run <run id> in experiment segpipe-demo
-    segpipe: open it with: mlflow ui --backend-store-uri sqlite:////abs/path/mlflow.db
+segpipe: best val/dice 0.8093 at epoch 1
+segpipe: test/dice_pooled 0.7836 (all test pixels pooled)
+segpipe: checkpoint outputs/1/<run id>/checkpoints/best-epoch001-dice0.8093.ckpt
+segpipe: MLflow run <run id> in experiment segpipe-demo
+segpipe: open it with: mlflow ui --backend-store-uri sqlite:////abs/path/mlflow.db
 """
 
 from __future__ import annotations

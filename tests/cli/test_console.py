@@ -15,7 +15,7 @@ import pytest
 from builders import tiny_config, write_config
 
 from segpipe.cli.run_summary import ui_command
-from segpipe.console import configure_console
+from segpipe.console import configure_console, progress
 
 NOISE = ("INFO:pytorch_lightning", "INFO:lightning", "litlogger", "LeafSpec", "always_return_as_numpy", "Total FLOPs")
 
@@ -53,7 +53,9 @@ def test_a_short_fit_prints_no_noise_and_ends_with_the_summary(tmp_path: Path, f
 
 
 def test_the_ui_command_opens_a_local_store_and_links_a_server_run():
-    assert ui_command("sqlite:////data/mlflow.db", "3", "abc") == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
+    assert (
+        ui_command("sqlite:////data/mlflow.db", "3", "abc") == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
+    )
     assert ui_command("http://tracking:5000/", "3", "abc") == "http://tracking:5000/#/experiments/3/runs/abc"
 
 
@@ -93,6 +95,16 @@ def _passes(logger_name: str, message: str) -> bool:
     """Whether the logger's own filters let ``message`` through."""
     logger = logging.getLogger(logger_name)
     return bool(logger.filter(logger.makeRecord(logger_name, logging.WARNING, __file__, 1, message, (), None)))
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_shows_a_bar_only_on_a_terminal(terminal: bool, capsys, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")  # Rich's override of isatty()
+    assert list(progress(iter(range(5)), 5, "caching preprocessed volumes")) == [0, 1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert ("caching preprocessed volumes" in err) is terminal
+    assert terminal or err == ""
 
 
 @pytest.fixture(autouse=True)
