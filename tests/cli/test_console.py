@@ -24,15 +24,7 @@ def test_a_short_fit_prints_no_noise_and_ends_with_the_summary(tmp_path: Path, f
     config = tiny_config(flat_dataset)
     config["trainer"]["max_epochs"] = 2
     write_config(tmp_path / "tiny.yaml", config)
-    proc = subprocess.run(
-        [sys.executable, "-m", "segpipe.cli", "fit", "--config", "tiny.yaml"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-        env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _segpipe(tmp_path, "fit", "--config", "tiny.yaml")
     printed = proc.stdout + proc.stderr
     assert [word for word in NOISE if word in printed] == []
     assert "FutureWarning" not in printed and "mlflow.pytorch: Saving pytorch model by Pickle" not in printed
@@ -42,14 +34,34 @@ def test_a_short_fit_prints_no_noise_and_ends_with_the_summary(tmp_path: Path, f
     (best,) = (tmp_path / "outputs").rglob("best-epoch*.ckpt")
     epoch, dice = re.fullmatch(r"best-epoch(\d+)-dice([\d.]+)\.ckpt", best.name).groups()
     test_key = "test/dice_pooled" if "test/dice_pooled" in run.data.metrics else "test/dice"
-    summary = [line for line in proc.stdout.splitlines() if line.startswith("segpipe: ")]
-    assert summary == [
-        f"segpipe: best val/dice {dice} at epoch {int(epoch)}",
-        f"segpipe: {test_key} {run.data.metrics[test_key]:.4f} (all test pixels pooled)",
-        f"segpipe: checkpoint {best.relative_to(tmp_path)}",
+    test_line = f"segpipe: {test_key} {run.data.metrics[test_key]:.4f} (all test pixels pooled)"
+    run_lines = [
         f"segpipe: MLflow run {run.info.run_id} in experiment tests",
         f"segpipe: open it with: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}",
     ]
+    assert _summary(proc) == [
+        f"segpipe: best val/dice {dice} at epoch {int(epoch)}",
+        test_line,
+        f"segpipe: checkpoint {best.relative_to(tmp_path)}",
+        *run_lines,
+    ]
+
+    # segpipe test reports into the checkpoint's run, and names the checkpoint it tested
+    proc = _segpipe(tmp_path, "test", "--config", "tiny.yaml", "--ckpt_path", str(best))
+    assert _summary(proc) == [test_line, f"segpipe: checkpoint {best}", *run_lines]
+
+
+def _segpipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the segpipe command as a user does (a new process: its logging and warnings start unset)."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")}
+    command = [sys.executable, "-m", "segpipe.cli", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600, env=environment)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _summary(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stdout.splitlines() if line.startswith("segpipe: ")]
 
 
 def test_the_ui_command_opens_a_local_store_and_links_a_server_run():
