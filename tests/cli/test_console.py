@@ -20,6 +20,7 @@ from segpipe.console import configure_console, progress
 NOISE = ("INFO:pytorch_lightning", "INFO:lightning", "litlogger", "LeafSpec", "always_return_as_numpy", "Total FLOPs")
 
 
+@pytest.mark.slow
 def test_a_short_fit_prints_no_noise_and_ends_with_the_summary(tmp_path: Path, flat_dataset: Path):
     config = tiny_config(flat_dataset)
     config["trainer"]["max_epochs"] = 2
