@@ -12,9 +12,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from builders import tiny_config, write_config
 
-from segpipe.cli.run_summary import ui_command
+from segpipe.cli.run_summary import checkpoint_epoch, ui_command
 from segpipe.console import configure_console, progress
 
 NOISE = ("INFO:pytorch_lightning", "INFO:lightning", "litlogger", "LeafSpec", "always_return_as_numpy", "Total FLOPs")
@@ -70,6 +71,14 @@ def test_the_ui_command_opens_a_local_store_and_links_a_server_run():
         ui_command("sqlite:////data/mlflow.db", "3", "abc") == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
     )
     assert ui_command("http://tracking:5000/", "3", "abc") == "http://tracking:5000/#/experiments/3/runs/abc"
+
+
+def test_the_epoch_is_read_from_a_checkpoint_and_left_out_when_it_cannot_be(tmp_path: Path):
+    torch.save({"epoch": 7, "state_dict": {"w": torch.zeros(3)}}, tmp_path / "best.ckpt")
+    (tmp_path / "broken.ckpt").write_bytes(b"PK truncated")
+    assert checkpoint_epoch(str(tmp_path / "best.ckpt")) == 7
+    assert checkpoint_epoch(str(tmp_path / "broken.ckpt")) is None
+    assert checkpoint_epoch("s3://bucket/run/best.ckpt") is None
 
 
 def test_only_the_named_messages_of_the_named_loggers_are_silenced():
