@@ -164,12 +164,13 @@ def check(
         datamodule = datamodule_for_folder(path)
     if not isinstance(datamodule, DataChecks):
         raise SegpipeError(f"{type(datamodule).__name__} has no data checks (segpipe's DataModules have)")
-    datamodule.prepare_data()  # the demos build their folder here
-    return datamodule.report(num_classes, in_channels, stage)
+    datamodule.prepare_data()  # the demos build their folder here; a disk cache shows its own bar
+    with _reading(target):
+        return datamodule.report(num_classes, in_channels, stage)
 
 
 def _reading(target: str) -> AbstractContextManager[Any]:
-    """A spinner on stderr while the files are read, when stderr is a terminal (else nothing is shown)."""
+    """A spinner on stderr while the report reads every file, when stderr is a terminal (else nothing)."""
     console = Console(stderr=True)
     return console.status(f"checking {target} ...") if console.is_terminal else nullcontext()
 
@@ -191,8 +192,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--in-channels", type=int, help="image channels (default: model/dataset.json)")
     parser.add_argument("--stage", choices=STAGES, default="fit", help="splits to check, as for that command")
     args, overrides = parser.parse_known_args(argv)
-    with _reading(args.target):
-        report = check(args.target, overrides, args.num_classes, args.in_channels, args.stage)
+    report = check(args.target, overrides, args.num_classes, args.in_channels, args.stage)
     # Unbounded when not a terminal, so that piped output and logs keep one line per problem.
     render(report, args.target, Console(width=None if sys.stdout.isatty() else 100_000))
     return 0 if report.ok else 2
