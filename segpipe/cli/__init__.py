@@ -16,6 +16,7 @@ import importlib
 import signal
 import sys
 
+from segpipe.console import configure_console
 from segpipe.errors import SegpipeError
 
 DESCRIPTION = """\
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module = importlib.import_module(COMMANDS[command])
+        configure_console()
         if command in LIGHTNING_SUBCOMMANDS:
             # LightningCLI reads sys.argv itself when args is None (and warns if given both).
             module.run_cli(argv)

@@ -11,6 +11,7 @@ when anything is wrong, 0 with a summary (cases per split, classes, channels, sh
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,8 +164,15 @@ def check(
         datamodule = datamodule_for_folder(path)
     if not isinstance(datamodule, DataChecks):
         raise SegpipeError(f"{type(datamodule).__name__} has no data checks (segpipe's DataModules have)")
-    datamodule.prepare_data()  # the demos build their folder here
-    return datamodule.report(num_classes, in_channels, stage)
+    datamodule.prepare_data()  # the demos build their folder here; a disk cache shows its own bar
+    with _reading(target):
+        return datamodule.report(num_classes, in_channels, stage)
+
+
+def _reading(target: str) -> AbstractContextManager[Any]:
+    """A spinner on stderr while the report reads every file, when stderr is a terminal (else nothing)."""
+    console = Console(stderr=True)
+    return console.status(f"checking {target} ...") if console.is_terminal else nullcontext()
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
 from segpipe.cli import DESCRIPTION
+from segpipe.cli.run_summary import summary_lines
 from segpipe.cli.wiring import atomic_checkpoint_plugins, check_data_for_model
 from segpipe.errors import SegpipeError
 from segpipe.inference import MaskWriter
@@ -57,6 +58,9 @@ class SegpipeCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
                 "trainer.logger": {"class_path": f"{MLflowLogger.__module__}.{MLflowLogger.__name__}"},
                 "trainer.default_root_dir": "outputs",
+                # Lightning's table counts FLOPs only with an example input (else "Total FLOPs: 0");
+                # `segpipe summary` and the run's model.* params give the counts.
+                "trainer.enable_model_summary": False,
             }
         )
         parser.add_lightning_class_args(MaskWriter, "predict_writer")
@@ -178,11 +182,18 @@ class SegpipeCLI(LightningCLI):
         datamodule = self.datamodule
         run_test = self.config_init["fit"].get("test_after_fit", True)
         has_test = getattr(datamodule, "has_test_cases", None)
-        if not run_test or not callable(has_test) or not has_test():
-            return
-        checkpoint = self.trainer.checkpoint_callback
-        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
+        if run_test and callable(has_test) and has_test():
+            checkpoint = self.trainer.checkpoint_callback
+            ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt)
+        self._print_summary(None)
+
+    def after_test(self) -> None:
+        self._print_summary(self.config_init["test"].get("ckpt_path"))
+
+    def _print_summary(self, checkpoint: str | None) -> None:
+        if self.trainer.is_global_zero:
+            print("\n".join(summary_lines(self.trainer, checkpoint)))
 
 
 def cli_arguments(args: ArgsType) -> dict[str, Any]:

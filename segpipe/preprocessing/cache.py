@@ -42,6 +42,7 @@ import torch
 from filelock import FileLock
 from monai.data import MetaTensor
 
+from segpipe.console import progress
 from segpipe.data.sources.layouts import VolumeCase
 from segpipe.errors import DataError
 from segpipe.io.atomic import atomic_path, write_text
@@ -309,6 +310,7 @@ class VolumeCache:
             except DataError as err:
                 problems.append(err)
 
+        cases = list(cases)
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            list(pool.map(write, cases))
+            list(progress(pool.map(write, cases), len(cases), "caching preprocessed volumes"))
         return len(written), problems
