@@ -9,12 +9,13 @@ segpipe: open it with: mlflow ui --backend-store-uri sqlite:////abs/path/mlflow.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import MLFlowLogger
+
+from segpipe.errors import CheckpointError
+from segpipe.io.checkpoints import safe_load
 
 # The test Dice over all pixels of the split, by the name it has in each segpipe version (newest first).
 TEST_DICE_KEYS = ("test/dice_pooled", "test/dice")
@@ -70,13 +71,13 @@ def ui_command(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def checkpoint_epoch(path: str) -> int | None:
     """The epoch stored in a local checkpoint file (Lightning counts from 0, as the file names do).
 
-    The file is memory-mapped, so its tensors are not read. None for remote or unreadable files: the summary
-    then leaves the epoch out rather than fail a finished run.
+    Read with segpipe's one safe loader. None for remote or unreadable files: the summary then leaves the
+    epoch out rather than fail a finished run.
     """
     if not Path(path).is_file():
         return None
     try:
-        epoch = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
-    except (OSError, RuntimeError, EOFError, AttributeError, pickle.UnpicklingError):
+        epoch = safe_load(path).get("epoch")
+    except CheckpointError:
         return None
     return epoch if isinstance(epoch, int) else None
