@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from segpipe.inference.volume_writer import PROBABILITIES_SUFFIX, write_volume_prediction
+from segpipe.io.atomic import atomic_path
 from segpipe.io.images import write_mask
 from segpipe.preprocessing.geometry import GEOMETRY_KEY
 
@@ -59,11 +59,6 @@ class MaskWriter(BasePredictionWriter):
 
 
 def _save_npz(path: Path, probabilities: np.ndarray) -> None:
-    """Write ``probabilities`` to ``path`` under a temporary name, then rename (never a partial file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    try:
+    """Write ``probabilities`` to ``path`` atomically (never a partial file)."""
+    with atomic_path(path) as tmp:
         np.savez_compressed(tmp, probabilities=probabilities)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
