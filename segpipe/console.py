@@ -41,23 +41,22 @@ QUIET_WARNINGS = (
 )
 
 
-class _CurrentStderrHandler(logging.StreamHandler):
-    """A stream handler that writes to ``sys.stderr`` as it is when a record arrives.
+class _CurrentStreamHandler(logging.Handler):
+    """Information to ``sys.stdout``, warnings and errors to ``sys.stderr``, as the streams are when a record
+    arrives.
 
-    A handler bound to the stream of its creation would keep writing to a closed stream once that stream is
-    replaced (pytest's capture, a redirect by an embedding program).
+    stderr then holds only what needs attention (a refused input is one ``segpipe: error:`` line there);
+    a handler bound to the stream of its creation would keep writing to a closed stream once that stream
+    is replaced (pytest's capture, a redirect by an embedding program).
     """
 
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: object) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno <= logging.INFO else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # logging's contract: a failing handler reports itself, never raises
+            self.handleError(record)
 
 
 class _PlainFormatter(logging.Formatter):
@@ -93,8 +92,8 @@ def configure_console() -> None:
 
 def _configure_logging() -> None:
     root = logging.getLogger()
-    if not any(isinstance(handler, _CurrentStderrHandler) for handler in root.handlers):
-        handler = _CurrentStderrHandler()
+    if not any(isinstance(handler, _CurrentStreamHandler) for handler in root.handlers):
+        handler = _CurrentStreamHandler()
         handler.setFormatter(_PlainFormatter("%(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.WARNING)

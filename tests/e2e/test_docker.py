@@ -221,7 +221,7 @@ def test_compose_tracking_server_and_gpu_trainer():
     assert {"postgres", "mlflow", "trainer"} <= set(services)
 
     mlflow = services["mlflow"]
-    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert "${MLFLOW_DB_PASSWORD}" in mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
     assert any(v.startswith("mlflow-artifacts:") for v in mlflow["volumes"])
     assert mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("/work/mlflow")
