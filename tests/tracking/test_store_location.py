@@ -38,7 +38,10 @@ def test_location_is_beside_the_database_and_only_for_sqlite(tmp_path: Path, mon
         assert local_artifact_location(uri, "e") is None, uri
 
 
-def test_the_logger_puts_a_new_experiments_artifacts_beside_its_sqlite_store(tmp_path: Path):
+def test_the_logger_puts_a_new_experiments_artifacts_beside_its_sqlite_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set by mlflow.set_tracking_uri in other tests
     logger = MLflowLogger(experiment_name="tests", tracking_uri=f"sqlite:///{tmp_path / 's' / 'a.db'}")
     assert logger.run_id
     experiment = mlflow.MlflowClient(logger.tracking_uri).get_experiment(logger.experiment_id)
