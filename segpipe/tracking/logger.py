@@ -84,7 +84,9 @@ class MLflowLogger(MLFlowLogger):
             experiment_name=experiment_name,
             run_name=run_name,
             tracking_uri=uri,
-            tags=tags,
+            # MLflow tags are strings; a YAML/CLI value such as spatial_dims arrives as an int, which a tracking
+            # server refuses (SQLite stores convert it silently).
+            tags={key: str(value) for key, value in tags.items()} if tags else tags,
             log_model=log_model,
             artifact_location=artifact_location or local_artifact_location(uri, experiment_name),
             run_id=run_id,

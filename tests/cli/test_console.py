@@ -63,7 +63,9 @@ def _segpipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _summary(proc: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in proc.stdout.splitlines() if line.startswith("segpipe: ")]
+    """The end-of-run summary lines (the other ``segpipe:`` lines are information during the run)."""
+    summary_starts = ("segpipe: best ", "segpipe: test/", "segpipe: checkpoint ", "segpipe: MLflow ", "segpipe: open ")
+    return [line for line in proc.stdout.splitlines() if line.startswith(summary_starts)]
 
 
 def test_the_ui_command_opens_a_local_store_and_links_a_server_run():

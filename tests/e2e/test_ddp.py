@@ -144,7 +144,7 @@ def test_two_process_fit_then_validate_matches_one_process(tmp_path: Path, monke
     command += ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
     fit = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "effective batch size 4 = batch_size 2 x 2 processes (2 devices x 1 nodes)" in fit.stderr
+    assert "effective batch size 4 = batch_size 2 x 2 processes (2 devices x 1 nodes)" in fit.stdout + fit.stderr
     (fit_run,) = runs(tmp_path, "fit2")  # exactly one run, from rank 0
     assert fit_run.info.status == "FINISHED"
     assert fit_run.data.params["scale.effective_batch_size"] == "4"
