@@ -49,8 +49,11 @@ def summary_lines(trainer: Trainer, checkpoint: str | None = None) -> list[str]:
     logger = trainer.logger
     if isinstance(logger, MLFlowLogger) and logger.run_id:
         client = logger.experiment
-        experiment = client.get_experiment(logger.experiment_id).name
-        lines.append(f"MLflow run {logger.run_id} in experiment {experiment}")
+        try:
+            experiment = f" in experiment {client.get_experiment(logger.experiment_id).name}"
+        except Exception:  # a tracking server gone by the end of the run must not fail a finished run
+            experiment = ""
+        lines.append(f"MLflow run {logger.run_id}{experiment}")
         lines.append(f"open it with: {ui_command(client.tracking_uri, logger.experiment_id, logger.run_id)}")
     return [f"segpipe: {line}" for line in lines]
 

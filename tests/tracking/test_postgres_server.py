@@ -175,7 +175,7 @@ def test_fit_and_resumed_fit_log_one_run_to_mlflow_on_postgres(
     assert main(["fit", "--config", str(path), "--ckpt_path", "last", "--trainer.max_epochs", "3"]) == 0
     runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     assert [r.info.run_id for r in runs] == [first.info.run_id]
-    assert runs[0].info.status == "FINISHED" and "test/dice" in runs[0].data.metrics
+    assert runs[0].info.status == "FINISHED" and "test/dice_pooled" in runs[0].data.metrics
     steps = val_dice_steps(first.info.run_id)
     assert steps[:2] == steps_before and len(steps) == 3 and steps[2] > steps_before[-1]
     epochs = {int(m.value) for m in mlflow.MlflowClient().get_metric_history(first.info.run_id, "epoch")}
