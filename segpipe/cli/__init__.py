@@ -5,6 +5,7 @@ segpipe check-data <dataset folder | cases.csv | config.yaml>                   
 segpipe summary --config configs/unet.yaml [--input 4x1x512x512]                           (segpipe.cli.summary)
 segpipe export --ckpt <checkpoint> --format onnx|torchscript                               (segpipe.cli.export)
 segpipe classify fit|validate|test|predict --config configs/classify_demo.yaml             (segpipe.cli.classify)
+segpipe evaluate PRED LABELS [--labels NAME ...] [--config CONFIG] [--out DIR]              (segpipe.cli.evaluate)
 
 This module imports nothing heavy: ``segpipe --help`` answers without loading Lightning, MONAI or MLflow, and
 each subcommand loads only what it needs.
@@ -28,6 +29,7 @@ overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML
   summary    per-layer parameters, multiply-adds and activation memory of a configured model.
   export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
   classify   fit|validate|test|predict an image classifier (a backbone for encoder_weights).
+  evaluate   score a folder of predictions against labels: per-case CSV, summary, box plots.
 Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
 """
 
@@ -41,6 +43,7 @@ COMMANDS = {
     "summary": "segpipe.cli.summary",
     "export": "segpipe.cli.export",
     "classify": "segpipe.cli.classify",
+    "evaluate": "segpipe.cli.evaluate",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TRAINING_COMMANDS = (*LIGHTNING_SUBCOMMANDS, "classify")

@@ -5,6 +5,8 @@ Empty classes follow nnU-Net's convention, extended to the distances:
 * reference and prediction both empty: every metric is NaN (nothing to score);
 * exactly one of them empty: Dice and IoU are 0; HD95 and ASD are NaN (a distance to an empty set is
   undefined), so a missed or hallucinated structure is penalised by the overlap scores only;
+* normalised surface Dice (``nsd``, when a tolerance is given) follows Dice: NaN when both are empty, 0 when
+  one is;
 * NaN values are left out of the mean, median and std, and the summary says how many cases were used.
 
 Distances are in the units of ``spacing`` and their names say which (``hd95_mm``, ``asd_mm``); without a
@@ -23,6 +25,7 @@ import torch
 
 OVERLAP_SCORES = ("dice", "iou")
 DISTANCE_SCORES = ("hd95", "asd")
+SURFACE_SCORE = "nsd"
 SUMMARY_COLUMNS = ("class", "metric", "n", "mean", "median", "std")
 
 Rows = list[dict[str, str | float]]
@@ -35,14 +38,20 @@ def distance_unit(spacing: Sequence[float] | None, spatial_dims: int) -> str:
     return "px" if spatial_dims == 2 else "vox"
 
 
-def score_columns(unit: str) -> tuple[str, ...]:
-    """The scored columns of a report whose distances are in ``unit``: ``dice, iou, hd95_<unit>, asd_<unit>``."""
-    return (*OVERLAP_SCORES, *(f"{name}_{unit}" for name in DISTANCE_SCORES))
+def score_columns(unit: str, surface: bool = False) -> tuple[str, ...]:
+    """The scored columns of a report whose distances are in ``unit``: ``dice, iou, hd95_<unit>, asd_<unit>``,
+    then ``nsd`` when ``surface`` (rows scored with a surface tolerance)."""
+    return (*OVERLAP_SCORES, *(f"{name}_{unit}" for name in DISTANCE_SCORES), *((SURFACE_SCORE,) if surface else ()))
 
 
-def case_columns(unit: str) -> tuple[str, ...]:
+def case_columns(unit: str, surface: bool = False) -> tuple[str, ...]:
     """The columns of ``test_cases.csv``: case, class, the scores (:func:`score_columns`), the volumes."""
-    return ("case", "class", *score_columns(unit), "volume_pred", "volume_ref")
+    return ("case", "class", *score_columns(unit, surface), "volume_pred", "volume_ref")
+
+
+def has_surface_dice(rows: Sequence[dict[str, str | float]]) -> bool:
+    """Whether ``rows`` hold the normalised surface Dice column (scored with a tolerance)."""
+    return any(SURFACE_SCORE in row for row in rows)
 
 
 def unit_of(rows: Sequence[dict[str, str | float]]) -> str:
@@ -63,6 +72,7 @@ def case_metrics(
     class_names: Sequence[str],
     case: str,
     spacing: Sequence[float] | None = None,
+    tolerance: float | None = None,
 ) -> Rows:
     """One row per foreground class for one case; distances named with their unit (:func:`distance_unit`).
 
@@ -72,12 +82,20 @@ def case_metrics(
         class_names: K names; class 0 (background) is not reported.
         case: the case name written in the ``case`` column.
         spacing: physical size of a pixel/voxel along each spatial axis.
+        tolerance: when given, also the normalised surface Dice (``nsd``, MONAI's ``compute_surface_dice``):
+            the share of both boundaries within ``tolerance`` (in the distance unit) of the other.
 
     Raises:
         ValueError: when the shapes differ.
     """
     # Imported here: MONAI loads only when a test is scored, not when the CLI starts.
-    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_iou,
+        compute_surface_dice,
+    )
 
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} differs from reference {tuple(reference.shape)}")
@@ -94,15 +112,23 @@ def case_metrics(
     for c in range(1, num_classes):
         n_pred, n_ref = int(pred[0, c].sum()), int(ref[0, c].sum())
         row: dict[str, str | float] = {"case": case, "class": class_names[c]}
+        nsd: dict[str, float] = {}
         if n_pred == 0 and n_ref == 0:
             row.update({"dice": math.nan, "iou": math.nan, hd95: math.nan, asd: math.nan})
+            nsd[SURFACE_SCORE] = math.nan
         elif n_pred == 0 or n_ref == 0:
             row.update({"dice": 0.0, "iou": 0.0, hd95: math.nan, asd: math.nan})
+            nsd[SURFACE_SCORE] = 0.0
         else:
             p, r = pred[:, [0, c]], ref[:, [0, c]]
             hd = compute_hausdorff_distance(p, r, include_background=False, percentile=95, spacing=sp)
             sd = compute_average_surface_distance(p, r, include_background=False, symmetric=True, spacing=sp)
             row.update({"dice": float(dice[c]), "iou": float(iou[c]), hd95: float(hd[0, 0]), asd: float(sd[0, 0])})
+            if tolerance is not None:
+                surface = compute_surface_dice(p, r, [float(tolerance)], include_background=False, spacing=sp)
+                nsd[SURFACE_SCORE] = float(surface[0, 0])
+        if tolerance is not None:
+            row.update(nsd)
         row.update(volume_pred=n_pred * voxel, volume_ref=n_ref * voxel)
         rows.append(row)
     return rows
@@ -172,7 +198,7 @@ def summarize_cases(rows: Sequence[dict[str, str | float]]) -> list[dict[str, st
         ValueError: when the rows mix distance units (:func:`unit_of`).
     """
     classes = list(dict.fromkeys(str(r["class"]) for r in rows))
-    metrics = score_columns(unit_of(rows))
+    metrics = score_columns(unit_of(rows), has_surface_dice(rows))
     summary: list[dict[str, str | float]] = []
     for name in classes:
         for metric in metrics:

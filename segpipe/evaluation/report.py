@@ -15,7 +15,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from segpipe.evaluation.case_metrics import SUMMARY_COLUMNS, Rows, case_columns, summarize_cases, unit_of
+from segpipe.evaluation.case_metrics import (
+    SUMMARY_COLUMNS,
+    Rows,
+    case_columns,
+    has_surface_dice,
+    summarize_cases,
+    unit_of,
+)
 from segpipe.io.atomic import write_text
 
 CASES_FILE = "test_cases.csv"
@@ -33,16 +40,17 @@ class CaseReport:
     unit: str
 
 
-def write_report(folder: Path, rows: Rows) -> CaseReport:
-    """Summarise ``rows`` and write ``test_cases.csv`` and ``test_summary.csv`` into ``folder``.
+def write_report(folder: Path, rows: Rows, prefix: str = "test") -> CaseReport:
+    """Summarise ``rows`` and write ``<prefix>_cases.csv`` and ``<prefix>_summary.csv`` into ``folder``
+    (``test_cases.csv`` and ``test_summary.csv`` by default).
 
     Raises:
         ValueError: when the rows mix distance units (:func:`~segpipe.evaluation.case_metrics.unit_of`).
     """
     unit = unit_of(rows)
     summary = summarize_cases(rows)
-    cases_csv = write_csv(folder / CASES_FILE, rows, case_columns(unit))
-    summary_csv = write_csv(folder / SUMMARY_FILE, summary, SUMMARY_COLUMNS)
+    cases_csv = write_csv(folder / f"{prefix}_cases.csv", rows, case_columns(unit, has_surface_dice(rows)))
+    summary_csv = write_csv(folder / f"{prefix}_summary.csv", summary, SUMMARY_COLUMNS)
     return CaseReport(rows, summary, cases_csv, summary_csv, unit)
 
 
@@ -82,6 +90,8 @@ def summary_table(summary: Sequence[dict[str, str | float]], title: str = "Test 
     return table
 
 
-def print_summary(summary: Sequence[dict[str, str | float]], console: Console | None = None) -> None:
+def print_summary(
+    summary: Sequence[dict[str, str | float]], console: Console | None = None, title: str = "Test metrics per class"
+) -> None:
     """Print :func:`summary_table` of ``summary`` to ``console`` (stdout by default)."""
-    (console or Console()).print(summary_table(summary))
+    (console or Console()).print(summary_table(summary, title))

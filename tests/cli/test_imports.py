@@ -38,7 +38,7 @@ def test_segpipe_help_loads_no_lightning():
     assert loaded_after(code) == {"code": 0, "usage": True, "lightning": []}
 
 
-@pytest.mark.parametrize("command", ["check-data", "summary", "export"])
+@pytest.mark.parametrize("command", ["check-data", "summary", "export", "evaluate"])
 def test_subcommand_help_builds_no_lightning_cli_and_loads_no_heavy_library(command: str):
     code = (
         "import contextlib, io, json, sys\n"
