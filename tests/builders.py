@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -240,3 +243,22 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
     return [x["name"] for x in a] == [x["name"] for x in b] and all(
         torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"]) for x, y in zip(a, b, strict=True)
     )
+
+
+def wait_for_mlflow(uri: str, proc: subprocess.Popen, timeout: float = 180, log: Path | None = None) -> None:
+    """Wait until the ``mlflow server`` ``proc`` at ``uri`` answers ``/health``.
+
+    Raises:
+        RuntimeError: the server exited or did not answer within ``timeout`` s (with ``log``'s text if given).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                output = f":\n{log.read_text()}" if log is not None else ""
+                raise RuntimeError(f"mlflow server did not start (exit code {proc.poll()}){output}") from None
+            time.sleep(0.5)

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from builders import free_port
+from builders import free_port, wait_for_mlflow
 
 from segpipe.cli import main
 
@@ -83,15 +82,7 @@ def ui(store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     address = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start (exit code {proc.poll()})") from None
-                time.sleep(0.5)
+        wait_for_mlflow(address, proc)
         yield address
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import mlflow
 import pytest
 import sqlalchemy
 import yaml
-from builders import free_port, tiny_config, write_config
+from builders import free_port, tiny_config, wait_for_mlflow, write_config
 
 from segpipe.cli import main
 from segpipe.tracking.resume import run_info_from_checkpoint
@@ -65,20 +63,6 @@ def as_postgres_user() -> list[str]:
     except KeyError:
         pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
     return ["runuser", "-u", "postgres", "--"]
-
-
-def wait_for_health(uri: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                message = f"mlflow server did not start (exit code {proc.poll()}):\n{log.read_text()}"
-                raise RuntimeError(message) from None
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +128,7 @@ def server(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
         )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(uri, proc, log)
+        wait_for_mlflow(uri, proc, timeout=240, log=log)
         yield uri, backend, artifacts
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import mlflow
 import mlflow.pytorch
 import pytest
 import torch
-from builders import tiny_config, write_config
+from builders import tiny_config, wait_for_mlflow, write_config
 from lightning.pytorch.callbacks import Callback
 
 from segpipe.cli import main
@@ -40,17 +39,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
     command += ["--serve-artifacts", "--artifacts-destination", str(store / "artifacts")]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError(f"mlflow server did not start (exit code {proc.poll()})") from None
-            time.sleep(0.5)
+    try:
+        wait_for_mlflow(uri, proc)
+    except RuntimeError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     yield uri, proc, store
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
