@@ -1,0 +1,1 @@
+"""Helpers of ``benchmarks/vs_nnunet.py``: the datasets, the two tools' runs, the scoring table."""
