@@ -60,6 +60,7 @@ def run_tool(tool: str, work: Path, set_name: str, budget: str) -> dict[str, obj
     """Run ``tool`` on ``set_name``, score its held-out predictions and cache the result."""
     spec = SETS[set_name]
     predictions = work / "predictions" / f"{set_name}_{tool}"
+    load_before = os.getloadavg()[0]
     if tool == "nnunet":
         times = run_nnunet(work, spec, budget_seconds(budget), predictions)
     else:
@@ -71,6 +72,8 @@ def run_tool(tool: str, work: Path, set_name: str, budget: str) -> dict[str, obj
         "budget_s": budget_seconds(budget),
         **score(predictions, labels, spec.class_names),
         **times,
+        # The machine may be shared: the 1-minute load average before and after says how much it was.
+        "load_1min": [load_before, os.getloadavg()[0]],
         "machine": machine_description(),
         "date": dt.date.today().isoformat(),
         "command": command_line(),

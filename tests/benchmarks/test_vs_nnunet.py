@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segpipe.data.demos.mni2d import mni_labels
 from segpipe.data.demos.mni3d import build_mni_demo3d
 from segpipe.data.sources.layouts import discover_cases, predict_cases, read_declaration, resolve_layout
 from segpipe.errors import SegpipeError
@@ -44,9 +45,9 @@ def test_block_mean_averages_blocks_and_the_affine_centres_them():
         block_mean(volume, (3, 1, 1))
 
 
-def test_mni3d_set_is_the_3d_demo(tmp_path):
+def test_template_slabs_at_the_3d_demos_voxel_size_are_its_slabs(tmp_path):
     splits = build_mni_demo3d(tmp_path / "demo3d")
-    cases = datasets.BUILDERS["mni3d"]()
+    cases = datasets.template_slabs(mni_labels, 2, (2, 2, 1), "slab")
     assert [c.split for c in cases].count("test") == len(splits["test"]) == 2
     for case in cases:
         image, meta = read_volume(tmp_path / "demo3d" / "images" / f"mni152_{case.name}.nii.gz")
@@ -60,6 +61,7 @@ def test_mni3d_set_is_the_3d_demo(tmp_path):
     ("name", "count", "shape", "spacing", "labels"),
     [
         ("mni2d", (93, 22), (197, 233, 1), (1, 1, 1), {0, 1, 2}),
+        ("mni3d", (8, 2), (143, 180, None), (1, 1, 1), {0, 1, 2}),
         ("brainmask", (8, 2), (72, None, 77), (2, 2, 2), {0, 1}),
         ("mni3d_aniso", (8, 2), (143, 180, None), (1, 1, 3), {0, 1, 2}),
     ],
@@ -131,12 +133,9 @@ def test_score_uses_segpipe_evaluation_on_two_folders(tmp_path):
 
 
 def test_table_rows_and_markdown_leave_a_missing_tool_blank():
-    times = {"plan_s": 10.0, "train_s": 180.4, "predict_s": 5.6}
+    times = {"budget_s": 180.0, "plan_s": 10.0, "train_s": 180.4, "predict_s": 5.6}
     results = {
-        "mni3d": {
-            "nnunet": {"budget_s": 180.0, "dice": 0.85, **times},
-            "segpipe": {"budget_s": 180.0, "dice": 0.9, **times},
-        },
+        "mni3d": {"nnunet": {"dice": 0.85, **times}, "segpipe": {"dice": 0.9, **times}},
         "mni2d": {"nnunet": {"dice": 0.9, **times}, "segpipe": None},
     }
     rows = table.table_rows(results)
