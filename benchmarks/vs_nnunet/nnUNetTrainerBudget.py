@@ -72,7 +72,7 @@ class nnUNetTrainerBudget(nnUNetTrainer):
             self.on_epoch_end()
             epoch_s = float(np.mean(step_times)) * self.num_iterations_per_epoch + float(np.mean(validation_times))
             # Whole epochs that fit, or one shortened epoch when only a few steps do.
-            more = int(left() // epoch_s) or int(next_step_fits())
+            more = max(0, int(left() // epoch_s)) or int(next_step_fits())
             self.num_epochs = self.current_epoch + more
             self.lr_scheduler.max_steps = max(self.num_epochs, 1)
             self.print_to_log_file(f"budget: {left():.1f} s left, {self.num_epochs} epochs planned")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from segpipe.io.volumes import read_label, read_volume, write_label
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from vs_nnunet import datasets, table  # noqa: E402
+from vs_nnunet import datasets, segpipe_side, table  # noqa: E402
 from vs_nnunet.datasets import SETS, Case, block_affine, block_mean, write_raw_dataset  # noqa: E402
 
 
@@ -144,6 +145,19 @@ def test_table_rows_and_markdown_leave_a_missing_tool_blank():
     lines = table.markdown_table(rows).splitlines()
     assert lines[2] == "| mni3d | 180 | 0.8500 | 0.9000 | 0.0500 | 10 / 180 / 6 | 10 / 180 / 6 |"
     assert lines[3] == "| mni2d | 180 | 0.9000 | - | - | 10 / 180 / 6 | - / - / - |"
+
+
+def test_best_checkpoint_is_the_newest_best_under_the_run_folder(tmp_path):
+    older = tmp_path / "outputs" / "1" / "a" / "checkpoints" / "best-epoch001-dice0.5000.ckpt"
+    newer = tmp_path / "outputs" / "1" / "b" / "checkpoints" / "best-epoch003-dice0.4000.ckpt"
+    for index, path in enumerate((older, newer)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (1000 + index, 1000 + index))
+    (newer.parent / "last.ckpt").write_bytes(b"")
+    assert segpipe_side.best_checkpoint(tmp_path) == newer
+    with pytest.raises(SegpipeError, match="no best"):
+        segpipe_side.best_checkpoint(tmp_path / "outputs" / "2")
 
 
 def test_budget_seconds():
