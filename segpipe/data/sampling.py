@@ -30,7 +30,12 @@ from monai.transforms import (
 )
 
 from segpipe.preprocessing.geometry import GEOMETRY_KEY, spacing_of
-from segpipe.transforms.augment3d import build_augmentation, in_plane_augmentation, sampling_window
+from segpipe.transforms.augment3d import (
+    build_augmentation,
+    in_plane_augmentation,
+    sampling_window,
+    split_at_crop,
+)
 
 TrainingMode = Literal["patches", "slices"]
 
@@ -87,9 +92,12 @@ class PatchSampling:
             return in_plane_augmentation(self.augmentation, self.slice_axis)
         return [dict(entry) for entry in self.augmentation]
 
-    def augmentation_steps(self) -> list[Transform]:
-        """The MONAI augmentation steps (empty without augmentation)."""
-        return build_augmentation(self.augmentation_entries(), len(self.patch_size))
+    def augmentation_steps(self) -> tuple[list[Transform], list[Transform]]:
+        """The MONAI augmentation steps that run on the window and those that run on the patch after the
+        centre crop (see :func:`~segpipe.transforms.augment3d.split_at_crop`; empty without augmentation)."""
+        on_window, on_patch = split_at_crop(self.augmentation_entries())
+        dims = len(self.patch_size)
+        return build_augmentation(on_window, dims), build_augmentation(on_patch, dims)
 
     def window(self) -> tuple[int, ...]:
         """The window cropped before augmentation (:func:`~segpipe.transforms.augment3d.sampling_window`),
@@ -134,10 +142,10 @@ class PatchSampling:
         ]
         if slices:  # (C, ..., 1, ...) -> (C, H, W); the mask keeps its channel axis until the tensors
             steps.append(SqueezeDimd(["image", "mask"], dim=self.slice_axis + 1))
-        augmentation = self.augmentation_steps()
-        if augmentation:
-            steps += [*augmentation, CenterSpatialCropd(["image", "mask"], roi_size=self.patch_size)]
-        return steps
+        on_window, on_patch = self.augmentation_steps()
+        if on_window:
+            steps += [*on_window, CenterSpatialCropd(["image", "mask"], roi_size=self.patch_size)]
+        return [*steps, *on_patch]
 
     def after_preprocessing(self, train: bool) -> Compose:
         """What runs on a preprocessed item: for training :meth:`steps`, then plain tensors
