@@ -8,7 +8,6 @@ convention, collated by ``list_data_collate``); val/test/predict items are whole
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -59,7 +58,8 @@ class PatchSampling:
         ValueError: for an unknown training mode, ``slice_axis`` outside 0..2, a patch size that is not 3
             positive values (2 for slices), ``samples_per_volume < 1`` or ``foreground_fraction``
             outside [0, 1].
-        SegpipeError: for an augmentation entry that cannot be built (one line naming it).
+        SegpipeError: from :meth:`steps` (or :meth:`augmentation_steps`, which checks the entries), for an
+            augmentation entry that cannot be built (one line naming it).
     """
 
     patch_size: tuple[int, ...]
@@ -84,7 +84,6 @@ class PatchSampling:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         object.__setattr__(self, "patch_size", tuple(int(s) for s in self.patch_size))
         object.__setattr__(self, "augmentation", tuple(self.augmentation))
-        self.augmentation_steps()  # refuse a bad entry now, not in a DataLoader worker
 
     def augmentation_entries(self) -> list[dict[str, Any]]:
         """The augmentation entries for the windows: as given, or their 2D counterparts for slices."""

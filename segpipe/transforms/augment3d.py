@@ -196,7 +196,8 @@ def sampling_window(patch_size: Sequence[int], entries: Sequence[Mapping[str, An
                 window[a], window[b] = _turned_extent(window[a], window[b], angle)
     zooms = [float(entry.get("min_zoom", 0.9)) for entry in entries if entry["name"] == "RandZoomd"]
     shrink = min([1.0, *zooms])
-    return tuple(max(int(math.ceil(w / shrink - 1e-6)), s) for w, s in zip(window, patch_size, strict=True))
+    # less 1e-6: a size that is whole up to rounding (16.0000001) is not rounded up a voxel
+    return tuple(max(math.ceil(w / shrink - 1e-6), s) for w, s in zip(window, patch_size, strict=True))
 
 
 def _largest_magnitude(value: float | Sequence[float]) -> float:

@@ -147,8 +147,8 @@ class VolumeDataModule(DataChecks, SplitDataModule):
             ``fold`` outside 0..num_folds-1, ``slice_axis`` outside 0..2, or ``ct`` normalisation
             without one valid window or percentile pair or with ``ct_std <= 0``, bad axis codes, spacings
             or interpolation order, or a negative margin.
-        SegpipeError: for an augmentation entry that cannot be built (one line naming it and the valid
-            names or arguments).
+        SegpipeError: from :meth:`check_for` and :meth:`setup`, for an augmentation entry that cannot be
+            built (one line naming it and the valid names or arguments).
     """
 
     def __init__(
@@ -444,8 +444,12 @@ class VolumeDataModule(DataChecks, SplitDataModule):
 
     # ---- model checks --------------------------------------------------------------------------------
     def check_for(self, model: ModelRequirements, stage: str) -> None:
-        """Refuse a network that does not fit the training mode, then build and validate the data."""
+        """Refuse a network that does not fit the training mode or a bad augmentation entry, then build and
+        validate the data."""
         self.check_model(model.spatial_dims, model.slice_axis)
+        # Checked here rather than in __init__: the CLI reports a SegpipeError raised in a constructor
+        # wrapped in jsonargparse's several-line message.
+        self.sampling.augmentation_steps()
         super().check_for(model, stage)
 
     def check_model(self, spatial_dims: int, slice_axis: int = 2) -> None:
