@@ -123,7 +123,7 @@ def test_ignored_pixels_do_not_change_the_loss(name: str):
 
 
 def test_perfect_prediction_has_near_zero_loss():
-    logits, target = example()
+    _, target = example()
     confident = onehot(target, 3) * 50.0
     for name in ("focal", "tversky", "dice_focal", "dice_tversky"):
         assert SegmentationLoss(name, 3)(confident, target).item() == pytest.approx(0.0, abs=1e-5)  # type: ignore[arg-type]
