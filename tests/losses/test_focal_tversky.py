@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss, FocalLoss, TverskyLoss
 
 from segpipe.losses import SegmentationLoss
+from segpipe.tasks import SegmentationTask
 
 
 def example(num_classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,3 +133,10 @@ def test_perfect_prediction_has_near_zero_loss():
 def test_unknown_loss_lists_every_name():
     with pytest.raises(ValueError, match=r"unknown loss 'lovasz'; choose one of dice, ce, .*dice_tversky"):
         SegmentationLoss("lovasz", 2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["focal", "tversky", "dice_focal", "dice_tversky"])
+def test_the_segmentation_task_selects_each_loss_by_name(name: str):
+    task = SegmentationTask(model="unet", num_classes=3, model_kwargs={"depth": 1, "base_channels": 2}, loss=name)
+    logits, target = example()
+    assert task.criterion(logits, target).item() == SegmentationLoss(name, 3)(logits, target).item()  # type: ignore[arg-type]
