@@ -27,8 +27,9 @@ class UNet(StridedNet):
 
     With ``base_channels=64, depth=4, norm=None, padded=False`` this is the network of the paper
     (31.0M parameters for 1 input channel and 2 classes). The output always has the input's spatial
-    size: padded networks pad to a multiple of ``2**depth`` and crop back; unpadded ones mirror-pad the
-    input (overlap-tile) so that the valid output covers the whole image.
+    size: padded networks pad to a multiple of :attr:`stride` (``2**depth``, or per axis the product of
+    ``pool_sizes``) and crop back; unpadded ones mirror-pad the input (overlap-tile) so that the valid
+    output covers the whole image.
 
     Args:
         spatial_dims: 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W).
