@@ -306,3 +306,35 @@ def write_dicom_series(folder: Path, volume: np.ndarray, affine: np.ndarray, see
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def seg_frames(seg, source, segments: int) -> np.ndarray:
+    """(rows, columns, segments) of a highdicom Segmentation ``seg`` for the pydicom instance ``source``
+    (segments 1..``segments``; zeros where the SEG has no frame)."""
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID],
+        segment_numbers=list(range(1, segments + 1)),
+        assert_missing_frames_are_empty=True,
+    )
+    return pixels[0]
+
+
+def seg_labels_volume(seg_path: Path, series: Path, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A DICOM-SEG file re-imported as (X, Y, Z) labels (segment k = class k) on the grid of the RAS+
+    ``affine`` (4, 4): each instance of the ``series`` folder's frame placed at the slice its
+    ImagePositionPatient falls on (independent of the file order and of the reader's slice sorting)."""
+    import highdicom as hd
+    import pydicom
+
+    seg = hd.seg.segread(seg_path)
+    segments = len(seg.SegmentSequence)
+    volume = np.full(shape, -1, np.int64)
+    to_voxel = np.linalg.inv(affine)
+    for path in sorted(series.iterdir()):
+        source = pydicom.dcmread(path)
+        ras = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(source.ImagePositionPatient, np.float64)
+        i, j, k = np.round(to_voxel[:3, :3] @ ras + to_voxel[:3, 3]).astype(int)
+        assert (i, j) == (0, 0), f"{path.name} is not on a slice of the grid"
+        volume[:, :, k] = (seg_frames(seg, source, segments) * np.arange(1, segments + 1)).sum(-1).T
+    assert (volume >= 0).all(), "a slice has no source instance"
+    return volume

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from builders import write_dicom_series
+from builders import seg_frames, seg_labels_volume, write_dicom_series
 from pydicom.uid import SegmentationStorage
 
 from segpipe.data import VolumeDataModule
@@ -81,32 +81,6 @@ def source_datasets(folder: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
 
 
-def seg_frames(seg: hd.seg.Segmentation, source: pydicom.Dataset, segments: int) -> np.ndarray:
-    """(rows, columns, segments) of the SEG for one source instance (zeros where it has no frame)."""
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=[source.SOPInstanceUID],
-        segment_numbers=list(range(1, segments + 1)),
-        assert_missing_frames_are_empty=True,
-    )
-    return pixels[0]
-
-
-def seg_as_volume(seg: hd.seg.Segmentation, sources: list[pydicom.Dataset], affine: np.ndarray) -> np.ndarray:
-    """The SEG's labels as an (X, Y, Z) volume on the grid of the RAS+ ``affine``: each source instance's
-    frame placed at the slice its ImagePositionPatient falls on."""
-    segments = len(seg.SegmentSequence)
-    volume = np.full(SHAPE, -1, np.int64)
-    to_voxel = np.linalg.inv(affine)
-    for source in sources:
-        ras = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(source.ImagePositionPatient, np.float64)
-        i, j, k = np.round(to_voxel[:3, :3] @ ras + to_voxel[:3, 3]).astype(int)
-        assert (i, j) == (0, 0)
-        frames = seg_frames(seg, source, segments)
-        volume[:, :, k] = (frames * np.arange(1, segments + 1)).sum(-1).T
-    assert (volume >= 0).all()  # every slice came from one source instance
-    return volume
-
-
 @pytest.mark.parametrize("affine", [AXIAL, CORONAL], ids=["axial", "coronal-oblique-reversed"])
 def test_each_source_instance_gets_its_own_slice_of_the_mask(tmp_path: Path, affine: np.ndarray):
     predict_dir = dicom_case(tmp_path, affine, classes_by_voxel())
@@ -154,8 +128,7 @@ def test_reimported_seg_equals_the_nifti_mask_voxel_for_voxel(tmp_path: Path):
     nifti = nib.load(tmp_path / "nifti" / "case1.nii.gz")
     reference = np.asanyarray(nifti.dataobj)
     assert nifti.shape == SHAPE and set(np.unique(reference)) == {0, 1, 2}
-    seg = hd.seg.segread(tmp_path / "seg" / "case1.dcm")
-    reimported = seg_as_volume(seg, source_datasets(predict_dir / "case1"), nifti.affine)
+    reimported = seg_labels_volume(tmp_path / "seg" / "case1.dcm", predict_dir / "case1", nifti.affine, SHAPE)
     np.testing.assert_array_equal(reimported, reference)
     # Probabilities (which DICOM-SEG does not hold) beside it as NIfTI, on the series' grid.
     probabilities_file = nib.load(tmp_path / "seg" / "case1_probabilities.nii.gz")
