@@ -136,9 +136,13 @@ def test_reimported_seg_equals_the_nifti_mask_voxel_for_voxel(tmp_path: Path):
     np.testing.assert_array_equal(probabilities_file.get_fdata().argmax(-1), reference)
 
 
-@pytest.mark.parametrize("labels", ["one class empty", "all background"])
+@pytest.mark.parametrize("labels", ["last class empty", "only class 2", "all background"])
 def test_empty_classes_keep_their_segment_and_read_back_empty(tmp_path: Path, labels: str):
-    truth = classes_by_voxel() if labels == "one class empty" else np.zeros(SHAPE, np.int64)
+    truth = {
+        "last class empty": classes_by_voxel(),
+        "only class 2": np.where(classes_by_voxel() == 2, 2, 0),
+        "all background": np.zeros(SHAPE, np.int64),
+    }[labels]
     predict_dir = dicom_case(tmp_path, AXIAL, truth)
     item = predict_item(predict_dir)
     names = [*CLASSES, "vessel"]  # class 3 never predicted
