@@ -27,6 +27,7 @@ from segpipe.io.volumes import is_dicom_series
 from segpipe.preprocessing.geometry import GEOMETRY_KEY
 
 VolumeFormat = Literal["auto", "nifti", "dicom_seg"]
+_VOLUMES_ONLY = "--predict_writer.format dicom_seg writes volumes; 2D images are written as PNG (format auto)"
 _NOT_DICOM = (
     "is not a DICOM series: --predict_writer.format dicom_seg needs DICOM series inputs (auto: NIfTI for the rest)"
 )
@@ -64,18 +65,19 @@ class MaskWriter(BasePredictionWriter):
         self.format = format
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """With ``format: dicom_seg``, refuse inputs that are not DICOM series before any is predicted.
+        """With ``format: dicom_seg``, refuse the data module's inputs that are not DICOM series before any
+        is predicted (without a data module that lists them, each input is checked when it is written).
 
         Raises:
-            SegpipeError: when the data module does not predict volumes.
+            SegpipeError: when the data module predicts 2D images.
             DataError: naming the first input that is not a DICOM series.
         """
-        if self.format != "dicom_seg":
-            return
         predict_cases = getattr(trainer.datamodule, "predict_cases", None)
-        cases = predict_cases() if callable(predict_cases) else []
-        if not cases or not all(isinstance(case, VolumeCase) for case in cases):
-            raise SegpipeError("--predict_writer.format dicom_seg writes volumes predicted by a VolumeDataModule")
+        if self.format != "dicom_seg" or not callable(predict_cases):
+            return
+        cases = predict_cases()
+        if not all(isinstance(case, VolumeCase) for case in cases):
+            raise SegpipeError(_VOLUMES_ONLY)
         for case in cases:
             if not is_dicom_series(case.images[0]):
                 raise DataError(case.images[0], _NOT_DICOM)
@@ -100,7 +102,7 @@ class MaskWriter(BasePredictionWriter):
                     write_volume_prediction(self.output_dir, name, probabilities, geometry, self.save_probabilities)
             return
         if self.format == "dicom_seg":
-            raise SegpipeError("--predict_writer.format dicom_seg writes volumes; 2D images are written as PNG")
+            raise SegpipeError(_VOLUMES_ONLY)
         for name, mask in zip(names, prediction["mask"].cpu().numpy(), strict=True):
             write_mask(self.output_dir / f"{name}.png", mask)
         if self.save_probabilities:

@@ -15,7 +15,7 @@ from builders import seg_frames, seg_labels_volume, write_dicom_series
 from pydicom.uid import SegmentationStorage
 
 from segpipe.data import VolumeDataModule
-from segpipe.errors import DataError
+from segpipe.errors import DataError, SegpipeError
 from segpipe.inference import MaskWriter
 from segpipe.inference.dicom_seg import write_dicom_seg
 from segpipe.io.volumes import write_volume
@@ -190,6 +190,9 @@ def test_dicom_seg_refuses_other_inputs_before_writing(tmp_path: Path):
     with pytest.raises(DataError, match="is not a DICOM series"):
         write(writer, volume, perfect_probabilities(volume))
     assert not (tmp_path / "out").exists()
+    images = SimpleNamespace(datamodule=SimpleNamespace(predict_cases=lambda: [SimpleNamespace(image="a.png")]))
+    with pytest.raises(SegpipeError, match="dicom_seg writes volumes; 2D images are written as PNG"):
+        writer.on_predict_start(images, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="format must be one of auto, nifti, dicom_seg"):
         MaskWriter(format="dicom")  # type: ignore[arg-type]
 
