@@ -13,7 +13,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from segpipe.data.sources.layouts import VolumeCase
 from segpipe.errors import DataError, SegpipeError
-from segpipe.inference.dicom_seg import SEG_SUFFIX, write_dicom_seg
 from segpipe.inference.volume_writer import (
     PROBABILITIES_SUFFIX,
     probabilities_output,
@@ -126,6 +125,9 @@ class MaskWriter(BasePredictionWriter):
         self, name: str, probabilities: torch.Tensor, geometry: dict[str, Any], class_names: Sequence[str]
     ) -> None:
         """``<name>.dcm`` and, with ``save_probabilities``, the probabilities as NIfTI (DICOM-SEG holds labels)."""
+        # Imported here: highdicom takes over a second to import, which every other segpipe command would pay.
+        from segpipe.inference.dicom_seg import SEG_SUFFIX, write_dicom_seg
+
         restored, labels = restore_prediction(probabilities, geometry)
         write_dicom_seg(self.output_dir / f"{name}{SEG_SUFFIX}", labels, geometry, class_names)
         if self.save_probabilities:
