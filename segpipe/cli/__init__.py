@@ -31,6 +31,7 @@ overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML
   export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
   classify   fit|validate|test|predict an image classifier (a backbone for encoder_weights).
   evaluate   score a folder of predictions against labels: per-case CSV, summary, box plots.
+  predict --onnx FILE --input PATH   masks from an exported ONNX file with ONNX Runtime (no checkpoint).
 Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
 """
 
