@@ -4,9 +4,9 @@ over volumes; optionally averaged over flips (test-time augmentation).
 Memory (``segpipe predict`` of large volumes): the windows run on ``sw_device`` (default: the input's,
 i.e. the network's) while the whole-volume logits are stitched on ``device`` (e.g. ``cpu`` while the
 network runs on a GPU), in ``dtype``. ``auto`` stitches in float16 on a CUDA device and in float32
-elsewhere: on the CPU float16 saves the same memory but its element-wise arithmetic is slower (see
-docs/deployment.md for the measured figures). Softmax then runs in place, slab by slab, and flip TTA
-adds each pass into one accumulator (:func:`segpipe.inference.tta.flip_averaged`).
+elsewhere, so that CPU runs keep their exact masks (float16 is an explicit choice there; measured figures
+in docs/deployment.md). Softmax then runs in place, slab by slab, and flip TTA adds each pass into one
+accumulator (:func:`segpipe.inference.tta.flip_averaged`).
 """
 
 from __future__ import annotations
