@@ -6,6 +6,7 @@ segpipe summary --config configs/unet.yaml [--input 4x1x512x512]                
 segpipe export --ckpt <checkpoint> --format onnx|torchscript                               (segpipe.cli.export)
 segpipe classify fit|validate|test|predict --config configs/classify_demo.yaml             (segpipe.cli.classify)
 segpipe evaluate PRED LABELS [--labels NAME ...] [--config CONFIG] [--out DIR]              (segpipe.cli.evaluate)
+segpipe predict --onnx model.onnx --input PATH [--output DIR] [--tta [AXIS ...]]           (segpipe.cli.predict_onnx)
 
 This module imports nothing heavy: ``segpipe --help`` answers without loading Lightning, MONAI or MLflow, and
 each subcommand loads only what it needs.
@@ -30,6 +31,7 @@ overrides such as --trainer.max_epochs 3; --print_config shows the resolved YAML
   export     a checkpoint's network as ONNX or TorchScript, with its preprocessing metadata.
   classify   fit|validate|test|predict an image classifier (a backbone for encoder_weights).
   evaluate   score a folder of predictions against labels: per-case CSV, summary, box plots.
+  predict --onnx FILE --input PATH   masks from an exported ONNX file with ONNX Runtime (no checkpoint).
 Runs are logged to MLflow (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI or the config says otherwise).
 """
 
@@ -46,6 +48,8 @@ COMMANDS = {
     "evaluate": "segpipe.cli.evaluate",
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# `predict --onnx`: ONNX Runtime instead of a checkpoint, without Lightning
+ONNX_PREDICT = "segpipe.cli.predict_onnx"
 TRAINING_COMMANDS = (*LIGHTNING_SUBCOMMANDS, "classify")
 
 
@@ -64,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"segpipe: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    onnx = command == "predict" and any(a == "--onnx" or a.startswith("--onnx=") for a in args[1:])
     try:
-        module = importlib.import_module(COMMANDS[command])
+        module = importlib.import_module(ONNX_PREDICT if onnx else COMMANDS[command])
         configure_console()
-        if command in LIGHTNING_SUBCOMMANDS:
+        if command in LIGHTNING_SUBCOMMANDS and not onnx:
             # LightningCLI reads sys.argv itself when args is None (and warns if given both).
             module.run_cli(argv)
             return 0

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from segpipe.data.requirements import ModelRequirements
 from segpipe.evaluation import OverlapScores
-from segpipe.inference.sliding_window import WindowedInference
+from segpipe.inference.sliding_window import StitchDtype, WindowedInference
 from segpipe.inference.tta import tta_axes
 from segpipe.losses import LossName, SegmentationLoss
 from segpipe.models import build_model, check_model_options, describe_model_options
@@ -53,6 +53,13 @@ class SegmentationTask(BaseTask):
             images, MONAI's ``sliding_window_inference``); ``None`` runs the whole input at once.
         inference_overlap: overlap between neighbouring windows.
         inference_batch_size: windows per forward pass (for a 2D network on volumes: slices per pass).
+        inference_sw_device: device the windows run on at predict (MONAI's ``sw_device``, e.g. ``cuda``);
+            ``null``: the network's.
+        inference_device: device the whole-input probabilities are stitched and TTA-averaged on at predict
+            (MONAI's ``device``, e.g. ``cpu`` so that a large volume's (K, X, Y, Z) probabilities stay off
+            the GPU); ``null``: the network's. Validation and test keep float32 logits on the network's device.
+        inference_dtype: dtype of the stitched probabilities at predict: ``auto`` (float16 when stitching
+            on CUDA, float32 elsewhere), ``float32`` or ``float16``.
         tta: flip test-time augmentation at ``segpipe predict``: class probabilities averaged over the
             input mirrored along every subset of these spatial axes (0-based; ``true``: all axes, 8
             passes in 3D), each flipped back; ``false``: one pass. Validation and test run without it.
@@ -63,8 +70,8 @@ class SegmentationTask(BaseTask):
             rest keeping the optimiser's; ``None``: one learning rate for all.
 
     Raises:
-        ValueError: for an unknown model or loss, ``class_names`` of the wrong length, or ``tta`` axes
-            outside the spatial dimensions.
+        ValueError: for an unknown model or loss, ``class_names`` of the wrong length, ``tta`` axes
+            outside the spatial dimensions, or an unknown ``inference_dtype``.
     """
 
     monitor = "val/dice"
@@ -87,6 +94,9 @@ class SegmentationTask(BaseTask):
         inference_roi: list[int] | None = None,
         inference_overlap: float = 0.5,
         inference_batch_size: int = 4,
+        inference_sw_device: str | None = None,
+        inference_device: str | None = None,
+        inference_dtype: StitchDtype = "auto",
         tta: bool | list[int] = False,
         encoder_lr: float | None = None,
         slice_axis: int = 2,
@@ -98,7 +108,14 @@ class SegmentationTask(BaseTask):
         h = self.hparams
         self.tta_axes = tta_axes(h.tta, h.spatial_dims)
         self.inference = WindowedInference(
-            h.spatial_dims, h.inference_roi, h.inference_overlap, h.inference_batch_size, h.slice_axis
+            h.spatial_dims,
+            h.inference_roi,
+            h.inference_overlap,
+            h.inference_batch_size,
+            h.slice_axis,
+            sw_device=h.inference_sw_device,
+            device=h.inference_device,
+            dtype=h.inference_dtype,
         )
         options = h.model_kwargs or {}
         check_model_options(h.model, options)  # before the call, which would clash on e.g. in_channels
