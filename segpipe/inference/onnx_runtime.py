@@ -28,11 +28,10 @@ from segpipe.errors import DataError
 from segpipe.inference.sliding_window import WindowedInference
 from segpipe.preprocessing.geometry import GEOMETRY_KEY
 from segpipe.preprocessing.normalize import apply_normalization, normalization_stats
-from segpipe.preprocessing.plan import PreprocessingPlan
+from segpipe.preprocessing.plan import PLAN_KEY, PreprocessingPlan
 from segpipe.preprocessing.steps import volume_preprocessing
 
 METADATA_KEY = "segpipe"
-PLAN_KEY = "preprocessing_plan"
 # windows (or slices) per ONNX Runtime call; the result does not depend on it
 BATCH_SIZE = 4
 

@@ -46,7 +46,7 @@ from segpipe.preprocessing.cache import VolumeCache
 from segpipe.preprocessing.fingerprint import foreground_intensity_statistics, median_spacing
 from segpipe.preprocessing.geometry import VolumeGeometryd
 from segpipe.preprocessing.intensity import CTStatistics, VolumeNormalization, check_ct_settings
-from segpipe.preprocessing.plan import PreprocessingPlan
+from segpipe.preprocessing.plan import PLAN_KEY, PreprocessingPlan
 from segpipe.preprocessing.steps import volume_preprocessing
 from segpipe.transforms.augment3d import resolve_augmentation
 
@@ -389,6 +389,11 @@ class VolumeDataModule(DataChecks, SplitDataModule):
                 slice_axis=self.slice_axis,
             )
         return self._plan
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the DataModule: the resolved plan (``preprocessing_plan``), once
+        computed, so that an exported network preprocesses new volumes as in training (segpipe export)."""
+        return {PLAN_KEY: self._plan.to_dict()} if self._plan is not None else {}
 
     def preprocessing(self) -> list[Transform]:
         """The deterministic steps from file to training-ready volume (see
