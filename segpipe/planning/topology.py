@@ -79,7 +79,7 @@ def fit_patch(
     Raises:
         ValueError: when not even the smallest patch fits.
     """
-    patch = [max(int(round(s)), 1) for s in median_shape]
+    patch = [max(round(s), 1) for s in median_shape]
     while True:
         levels = pooling(spacing, patch)
         stride = strides(levels, len(patch))
