@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from segpipe.errors import SegpipeError
+from segpipe.models.registry import registered_name
 from segpipe.planning.data_config import folder_data, normalization, volume_data
 from segpipe.planning.fingerprint import DatasetFingerprint
 from segpipe.planning.memory import BUDGET_SHARE, device_memory_bytes, training_bytes
@@ -25,6 +27,11 @@ MAX_DATASET_SHARE = 0.05  # nnU-Net: a batch covers at most 5% of the dataset's 
 MAX_BATCH = 64
 TARGET_STEPS = 1000  # training steps of a run without a time budget
 RARE_CLASS_FRACTION = 0.01  # a foreground class below 1% of the voxels gets a focal term
+
+
+class PlanError(SegpipeError, ValueError):
+    """A plan that cannot be made (unknown network, dims the data cannot have, no patch within the memory):
+    one line for the user, and a ValueError for callers."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,11 @@ def resolve_dims(
     """``2d`` (image folders), ``3d`` or ``slices`` (volumes), and why.
 
     Raises:
-        ValueError: for ``3d``/``slices`` asked of 2D images.
+        PlanError: for ``3d``/``slices`` asked of 2D images.
     """
     if fingerprint.spatial_dims == 2:
         if dims in ("3d", "slices"):
-            raise ValueError(f"dims {dims!r} needs volumes; {fingerprint.root} holds 2D images")
+            raise PlanError(f"dims {dims!r} needs volumes; {fingerprint.root} holds 2D images")
         return "2d", "2D images"
     if dims == "2d":
         dims = "slices"
@@ -91,8 +98,13 @@ def plan_experiment(
             :func:`segpipe.planning.memory.device_memory_bytes`).
 
     Raises:
-        ValueError: for an unknown network, dims that do not fit the data, or no patch within the memory.
+        PlanError: for an unknown network (with the valid names), dims that do not fit the data, or no
+            patch within the memory.
     """
+    try:
+        network = registered_name(network)
+    except ValueError as err:
+        raise PlanError(str(err)) from None
     reasons: dict[str, str] = {}
     cuda = torch.cuda.is_available()
     precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
@@ -116,7 +128,10 @@ def plan_experiment(
         args = (net.model, net.model_kwargs, fingerprint.in_channels, fingerprint.num_classes)
         return training_bytes(*args, (batch, *patch), precision)
 
-    patch, levels = fit_patch(shape, plane_spacing, lambda p, lv: estimate(p, lv, 2) <= budget)
+    try:
+        patch, levels = fit_patch(shape, plane_spacing, lambda p, lv: estimate(p, lv, 2) <= budget)
+    except ValueError as err:
+        raise PlanError(f"{err} ({memory / 2**30:.2f} GiB of {source} memory)") from None
     dataset_voxels = sum(math.prod(s) for s in fingerprint.shapes)
     cap = max(2, min(MAX_BATCH, int(MAX_DATASET_SHARE * dataset_voxels / math.prod(patch))))
     batch = 2

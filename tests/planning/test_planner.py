@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segpipe.planning import DatasetFingerprint, plan_experiment
+from segpipe.planning.planner import PlanError
 from segpipe.planning.topology import pooling, target_spacing
 
 GiB = 2**30
@@ -133,6 +134,10 @@ def test_each_network_gets_its_own_settings(network: str, expected: dict, monkey
     assert plan.config["model"]["optimizer"]["init_args"]["lr"] == 1e-3
 
 
-def test_an_unknown_network_is_refused_with_the_valid_names():
-    with pytest.raises(ValueError, match="Did you mean 'segnet'"):
+def test_plans_that_cannot_be_made_are_refused_in_one_line():
+    with pytest.raises(PlanError, match="Did you mean 'segnet'"):
         plan_experiment(fingerprint([64, 48], [1.0, 1.0], layout="folder"), network="segnt")
+    with pytest.raises(PlanError, match="needs volumes"):
+        plan_experiment(fingerprint([64, 48], [1.0, 1.0], layout="folder"), dims="3d")
+    with pytest.raises(PlanError, match="fits the memory budget"):
+        plan_experiment(fingerprint([64, 64, 64], [1.0, 1.0, 1.0]), device_memory=2**20)
