@@ -5,8 +5,9 @@ for volumes."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from segpipe.transforms.augment3d import DEFAULT_3D_AUGMENTATION
 
 ROTATION_DEGREES = 15  # nnU-Net rotates 2D by up to 180 degrees; anatomy in fixed orientation gains little
 SCALE = (0.85, 1.25)  # nnU-Net's scaling range
@@ -24,15 +25,13 @@ def augmentation_2d() -> list[dict[str, Any]]:
 
 
 def augmentation_3d(rotation_axes: list[int]) -> list[dict[str, Any]]:
-    """MONAI dictionary transform specs (``{name, prob, ...}``, MONAI's names and arguments) for volumes:
-    rotation about ``rotation_axes`` only (about the coarse axis of anisotropic data, as nnU-Net's
-    "dummy 2D" augmentation), zoom, noise, gamma and mirroring of each axis."""
-    radians = math.radians(30)
-    ranges = {f"range_{'xyz'[axis]}": radians for axis in rotation_axes}
-    return [
-        {"name": "RandRotated", "prob": 0.2, **ranges, "keep_size": True},
-        {"name": "RandZoomd", "prob": 0.2, "min_zoom": SCALE[0], "max_zoom": SCALE[1], "keep_size": True},
-        {"name": "RandGaussianNoised", "prob": 0.1, "std": 0.1},
-        {"name": "RandAdjustContrastd", "prob": 0.3, "gamma": [0.7, 1.5]},
-        *({"name": "RandFlipd", "prob": 0.5, "spatial_axis": axis} for axis in range(3)),
-    ]
+    """MONAI dictionary transform specs for :class:`~segpipe.data.VolumeDataModule` ``augmentation``:
+    segpipe's nnU-Net set (:data:`~segpipe.transforms.augment3d.DEFAULT_3D_AUGMENTATION`: rotation, zoom,
+    noise, blur, brightness, low resolution, gamma, mirroring of each axis), rotating about
+    ``rotation_axes`` only (about the coarse axis of anisotropic data, as nnU-Net's "dummy 2D" augmentation)."""
+    entries = [dict(entry) for entry in DEFAULT_3D_AUGMENTATION]
+    for entry in entries:
+        if entry["name"] == "RandRotated":
+            for axis in set(range(3)) - set(rotation_axes):
+                entry[f"range_{'xyz'[axis]}"] = 0.0
+    return entries

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from segpipe.models.registry import build_model, model_options
+from segpipe.models.registry import build_model
 from segpipe.models.summary import summarize
 
 CPU_MEMORY_DEFAULT = 8 * 2**30  # bytes budgeted on a CPU: nnU-Net's reference GPU size (8 GB), well below host RAM
@@ -42,10 +42,6 @@ def training_bytes(
         ValueError: for an unknown model or a bad option value.
     """
     options = dict(model_kwargs)
-    if "pool_sizes" in options and "pool_sizes" not in model_options(model):
-        # Per-axis pooling is an option of newer U-Nets; an older one pools every axis, which pads the
-        # coarse axis more and so over-estimates: a safe figure for the budget.
-        options.pop("pool_sizes")
     batch, *spatial = (int(s) for s in input_shape)
     shape = (batch, in_channels, *spatial)
     try:
