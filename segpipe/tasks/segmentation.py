@@ -19,6 +19,8 @@ from segpipe.tasks.base import BaseTask, default_optimizer
 from segpipe.tasks.param_groups import param_groups
 
 TRAIN_LOSS_KEY = "train_loss_running_mean"
+# the SegmentationLoss options a config may set through loss_kwargs (the others are task arguments)
+LOSS_OPTIONS = ("focal_gamma", "tversky_alpha", "tversky_beta", "lambda_focal", "lambda_tversky")
 POOLED = re.compile(r"^test/(dice|iou)")
 
 
@@ -40,11 +42,14 @@ class SegmentationTask(BaseTask):
         model_kwargs: architecture options, e.g. ``{depth: 4, base_channels: 32}``; a wrong key is refused
             with a suggestion and the list. Per architecture, with defaults (:func:`segpipe.models.model_options`):
             MODEL_OPTIONS
-        loss: ``dice``, ``ce`` or ``dice_ce``.
+        loss: ``dice``, ``ce``, ``dice_ce``, ``focal``, ``tversky``, ``dice_focal`` or ``dice_tversky``
+            (docs/losses.md).
         class_weights: one weight per class for both loss terms.
         ignore_index: label value excluded from loss and metrics.
         lambda_dice: weight of the Dice term of ``dice_ce``.
         lambda_ce: weight of the CE term of ``dice_ce``.
+        loss_kwargs: options of the loss terms: ``focal_gamma``, ``tversky_alpha``, ``tversky_beta``,
+            ``lambda_focal``, ``lambda_tversky`` (see :class:`segpipe.losses.SegmentationLoss`).
         class_names: names used in metric keys (default ``class0``, ``class1``, ...).
         optimizer: optimiser factory (AdamW, lr 1e-3, weight decay 1e-4 by default).
         lr_scheduler: scheduler factory; ``ReduceLROnPlateau`` monitors ``val/dice``;
@@ -88,6 +93,7 @@ class SegmentationTask(BaseTask):
         ignore_index: int | None = None,
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        loss_kwargs: dict[str, float] | None = None,
         class_names: list[str] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -123,8 +129,18 @@ class SegmentationTask(BaseTask):
 
     def configure_losses(self) -> None:
         h = self.hparams
+        options = dict(h.get("loss_kwargs") or {})
+        unknown = sorted(set(options) - set(LOSS_OPTIONS))
+        if unknown:
+            raise ValueError(f"loss_kwargs: unknown option(s) {unknown}; choose from {', '.join(LOSS_OPTIONS)}")
         self.criterion = SegmentationLoss(
-            h.loss, h.num_classes, h.class_weights, h.ignore_index, lambda_dice=h.lambda_dice, lambda_ce=h.lambda_ce
+            h.loss,
+            h.num_classes,
+            h.class_weights,
+            h.ignore_index,
+            lambda_dice=h.lambda_dice,
+            lambda_ce=h.lambda_ce,
+            **options,
         )
 
     def configure_metrics(self) -> None:

@@ -140,3 +140,13 @@ def test_the_segmentation_task_selects_each_loss_by_name(name: str):
     task = SegmentationTask(model="unet", num_classes=3, model_kwargs={"depth": 1, "base_channels": 2}, loss=name)
     logits, target = example()
     assert task.criterion(logits, target).item() == SegmentationLoss(name, 3)(logits, target).item()  # type: ignore[arg-type]
+
+
+def test_task_passes_loss_kwargs_and_refuses_unknown_ones():
+    from segpipe.tasks import SegmentationTask
+
+    task = SegmentationTask(loss="dice_tversky", loss_kwargs={"tversky_alpha": 0.2, "tversky_beta": 0.8})
+    terms = [m for m in task.criterion.modules() if type(m).__name__ == "TverskyLoss"]
+    assert [(t.alpha, t.beta) for t in terms] == [(0.2, 0.8)]
+    with pytest.raises(ValueError, match=r"loss_kwargs: unknown option\(s\) \['gama'\]"):
+        SegmentationTask(loss="focal", loss_kwargs={"gama": 1.0})
