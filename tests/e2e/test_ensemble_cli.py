@@ -47,9 +47,10 @@ def test_fit_stores_the_postprocessing_decision_in_the_best_checkpoint(two_folds
         assert stored == beside
         assert set(stored["evidence"]) == {"1", "2"}  # the foreground classes
         assert stored["val_dice_after"] >= stored["val_dice_before"]
-    run_id = safe_load(best[0])["mlflow"]["run_id"]
-    metrics = mlflow.MlflowClient(f"sqlite:///{two_folds / 'mlflow.db'}").get_run(run_id).data.metrics
-    assert metrics["postprocessing/val_dice_after"] == pytest.approx(safe_load(best[0])["postprocessing"]["val_dice_after"])
+    checkpoint = safe_load(best[0])
+    run = mlflow.MlflowClient(f"sqlite:///{two_folds / 'mlflow.db'}").get_run(checkpoint["mlflow"]["run_id"])
+    after = checkpoint["postprocessing"]["val_dice_after"]
+    assert run.data.metrics["postprocessing/val_dice_after"] == pytest.approx(after)
 
 
 def test_folder_and_experiment_name_the_same_members(two_folds: Path, monkeypatch: pytest.MonkeyPatch):
