@@ -85,7 +85,8 @@ def validation_evidence(
 ) -> RuleEvidence:
     """Score ``options`` per foreground class on every validation case predicted with ``state_dict``.
 
-    The task's weights are swapped for ``state_dict`` during the pass and put back after it. Predictions
+    The task's weights are swapped for ``state_dict`` during the pass (on the Trainer's device) and put back
+    after it, with the task on the device it was on. Predictions
     are the task's ``infer`` (validation's whole-input inference, one pass) argmax, as the test scores them.
     """
     loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
@@ -94,7 +95,8 @@ def validation_evidence(
     h = pl_module.hparams
     classes = [c for c in range(1, h.num_classes) if c != h.get("ignore_index")]
     current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-    device, was_training = trainer.strategy.root_device, pl_module.training
+    home, was_training = pl_module.device, pl_module.training  # after fit's teardown: the CPU
+    device = trainer.strategy.root_device
     evidence = RuleEvidence()
     pl_module.load_state_dict(state_dict)
     pl_module.to(device).eval()
@@ -106,7 +108,7 @@ def validation_evidence(
                     evidence.add_case(prediction, target, classes, options, h.get("ignore_index"))
     finally:
         pl_module.load_state_dict(current)
-        pl_module.train(was_training)
+        pl_module.to(home).train(was_training)
     return evidence
 
 
