@@ -2,7 +2,7 @@
 slabs, each with and without the post-processing chosen on validation.
 
     nice -n 10 uv run python benchmarks/folds3d.py [--workdir outputs/benchmark-folds3d] [--folds 5]
-        [--epochs 50] [--config configs/unet3d.yaml]
+        [--epochs 50] [--config configs/unet3d.yaml] [--jobs 1] [--threads 1]
 
 The 3D demo's ``split.yaml`` fixes train (6 slabs), val (2) and test (2). The test slabs stay held out; the
 8 train + val slabs are cut into ``--folds`` folds (scikit-learn ``KFold``, shuffled, seed 0), written as one
@@ -19,6 +19,7 @@ The single best fold is the one with the highest validation Dice. Prints a Markd
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -71,14 +72,20 @@ def fold_config(base: Path, demo: Path, split_file: Path, workdir: Path, epochs:
     }
 
 
-def train_folds(configs: list[Path]) -> float:
-    """``segpipe fit`` of each fold config (no test after fit: scoring is below; no MLflow model logging,
-    which the scoring does not use); total seconds."""
-    start = time.perf_counter()
+def train_folds(configs: list[Path], jobs: int, threads: int) -> float:
+    """``segpipe fit`` of each fold config, ``jobs`` at a time with ``threads`` torch threads each (no test
+    after fit: scoring is below; no MLflow model logging, which the scoring does not use); total seconds."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    start, running = time.perf_counter(), []
     for config in configs:
         command = ["segpipe", "fit", "--config", str(config), "--test_after_fit", "false"]
-        subprocess.run([*command, "--model_logging.enabled", "false"], check=True, cwd=config.parent)
-        print(f"segpipe: {config.name} trained at {time.perf_counter() - start:.0f} s", flush=True)
+        running.append(subprocess.Popen([*command, "--model_logging.enabled", "false"], cwd=config.parent, env=env))
+        if len(running) == jobs or config == configs[-1]:
+            for process in running:
+                if process.wait() != 0:
+                    raise SystemExit(f"{process.args} failed with exit code {process.returncode}")
+            print(f"segpipe: {len(running)} fold(s) up to {config.name} trained at {time.perf_counter() - start:.0f} s")
+            running = []
     return time.perf_counter() - start
 
 
@@ -118,6 +125,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "unet3d.yaml")
+    parser.add_argument("--jobs", type=int, default=1, help="folds trained at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per fold (OMP_NUM_THREADS)")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +140,7 @@ def main() -> None:
     files = [workdir / f"fold{k}.yaml" for k in range(args.folds)]
     for file, config in zip(files, configs, strict=True):
         file.write_text(yaml.safe_dump(config, sort_keys=False))
-    seconds = train_folds(files)
+    seconds = train_folds(files, args.jobs, args.threads)
 
     members = resolve_members([f"mlflow:{EXPERIMENT}"], workdir / "outputs", f"sqlite:///{workdir / 'mlflow.db'}")
     cases = test_cases(configs[0])  # the same test slabs in every fold
@@ -141,7 +150,9 @@ def main() -> None:
     rows = [(f"fold {k}", [path], f"{val[k]:.4f}") for k, path in enumerate(members)]
     rows.append((f"single best fold (fold {best})", [members[best]], f"{val[best]:.4f}"))
     rows.append((f"{len(members)}-fold ensemble", members, ""))
-    print(f"\n{machine_description()}; {len(members)} folds trained in {seconds:.0f} s; test slabs: {len(cases)}\n")
+    trained = f"{len(members)} folds of {args.epochs} epochs trained in {seconds:.0f} s"
+    trained += f" ({args.jobs} at a time, {args.threads} torch thread(s) each)"
+    print(f"\n{machine_description()}; {trained}; test slabs: {len(cases)}\n")
     print("| model | val Dice | test Dice | test Dice, post-processed | rule (class: option) |")
     print("| --- | --- | --- | --- | --- |")
     for name, paths, val_text in rows:
