@@ -16,6 +16,8 @@ from segpipe.cli import main
 from segpipe.inference.ensemble_members import resolve_members
 from segpipe.io.checkpoints import safe_load
 
+pytestmark = pytest.mark.slow  # two CLI fits
+
 
 @pytest.fixture(scope="module")
 def two_folds(tmp_path_factory: pytest.TempPathFactory) -> Path:
