@@ -37,6 +37,7 @@ from segpipe.inference.ensemble import build_ensemble
 from segpipe.inference.ensemble_members import resolve_members
 from segpipe.inference.postprocessing import apply_rule, case_dice, rule_of
 from segpipe.io.checkpoints import safe_load
+from segpipe.tracking.store import local_artifact_location
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "folds3d"
@@ -72,19 +73,33 @@ def fold_config(base: Path, demo: Path, split_file: Path, workdir: Path, epochs:
     }
 
 
+def create_experiment(tracking_uri: str) -> None:
+    """Create the store and the experiment before folds run side by side (two first writers of one SQLite
+    store race to create its tables)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=local_artifact_location(tracking_uri, EXPERIMENT))
+
+
 def train_folds(configs: list[Path], jobs: int, threads: int) -> float:
-    """``segpipe fit`` of each fold config, ``jobs`` at a time with ``threads`` torch threads each (no test
-    after fit: scoring is below; no MLflow model logging, which the scoring does not use); total seconds."""
+    """``segpipe fit`` of each fold config without a ``<config>.done`` marker (a fold trained by an earlier
+    call is kept), ``jobs`` at a time with ``threads`` torch threads each (no test after fit: scoring is
+    below; no MLflow model logging, which the scoring does not use); total seconds."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
     start, running = time.perf_counter(), []
-    for config in configs:
+    todo = [config for config in configs if not config.with_suffix(".done").is_file()]
+    for config in todo:
         command = ["segpipe", "fit", "--config", str(config), "--test_after_fit", "false"]
-        running.append(subprocess.Popen([*command, "--model_logging.enabled", "false"], cwd=config.parent, env=env))
-        if len(running) == jobs or config == configs[-1]:
-            for process in running:
+        process = subprocess.Popen([*command, "--model_logging.enabled", "false"], cwd=config.parent, env=env)
+        running.append((config, process))
+        if len(running) == jobs or config == todo[-1]:
+            for done, process in running:
                 if process.wait() != 0:
                     raise SystemExit(f"{process.args} failed with exit code {process.returncode}")
-            print(f"segpipe: {len(running)} fold(s) up to {config.name} trained at {time.perf_counter() - start:.0f} s")
+                done.with_suffix(".done").touch()
+            print(f"segpipe: folds up to {config.name} trained at {time.perf_counter() - start:.0f} s", flush=True)
             running = []
     return time.perf_counter() - start
 
@@ -140,6 +155,7 @@ def main() -> None:
     files = [workdir / f"fold{k}.yaml" for k in range(args.folds)]
     for file, config in zip(files, configs, strict=True):
         file.write_text(yaml.safe_dump(config, sort_keys=False))
+    create_experiment(f"sqlite:///{workdir / 'mlflow.db'}")
     seconds = train_folds(files, args.jobs, args.threads)
 
     members = resolve_members([f"mlflow:{EXPERIMENT}"], workdir / "outputs", f"sqlite:///{workdir / 'mlflow.db'}")
