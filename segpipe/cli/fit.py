@@ -2,6 +2,7 @@
 
 segpipe fit --config configs/demo.yaml [--trainer.max_epochs 3 ...]
 segpipe predict --config configs/demo.yaml --ckpt_path best.ckpt --data.predict_dir scans/
+segpipe predict --config configs/unet3d.yaml --ensemble outputs/<experiment id>/ --data.predict_dir scans/
 
 The same parser reads configs for the other commands (:mod:`segpipe.config`).
 """
@@ -18,12 +19,20 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
+from segpipe.callbacks import (
+    NonFiniteGuard,
+    PerformanceFlags,
+    PostprocessingSelection,
+    RandomStateInCheckpoint,
+    ResumableCheckpoint,
+)
 from segpipe.cli import DESCRIPTION
 from segpipe.cli.run_summary import summary_lines
 from segpipe.cli.wiring import atomic_checkpoint_plugins, check_data_for_model
 from segpipe.errors import SegpipeError
 from segpipe.inference import MaskWriter
+from segpipe.inference.ensemble import build_ensemble
+from segpipe.inference.ensemble_members import resolve_members
 from segpipe.io.checkpoints import LAST, check_checkpoint, check_writable
 from segpipe.tasks import SegmentationTask
 from segpipe.tracking import (
@@ -37,7 +46,7 @@ from segpipe.tracking import (
     resumable_run_id,
 )
 from segpipe.tracking.config import run_identity
-from segpipe.tracking.logger import effective_tracking_uri
+from segpipe.tracking.logger import DEFAULT_TRACKING_URI, effective_tracking_uri
 from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
 
 
@@ -73,6 +82,18 @@ class SegpipeCLI(LightningCLI):
         parser.add_lightning_class_args(PerformanceFlags, "performance")
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
         parser.add_lightning_class_args(RandomStateInCheckpoint, "random_state")
+        parser.add_lightning_class_args(PostprocessingSelection, "postprocessing")
+        parser.add_argument(
+            "--ensemble",
+            type=str,
+            nargs="+",
+            default=None,
+            help=(
+                "test/predict: average the class probabilities of several checkpoints: files, folders (the best "
+                "checkpoint of each run folder under it) or mlflow:<experiment name> (its finished runs' best)."
+                " Excludes --ckpt_path."
+            ),
+        )
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -84,12 +105,37 @@ class SegpipeCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Before LightningCLI reads the checkpoint's hyperparameters: resolve `last`, refuse unsafe files.
         config = self.config.get(str(self.config.get("subcommand")))
+        if config is not None and config.get("ensemble"):
+            self._check_ensemble_use(config)
         if config is None or not config.get("ckpt_path"):
             return
         if config.ckpt_path == LAST:
             config.ckpt_path = self._last_checkpoint(config)
         if config.ckpt_path:
             check_checkpoint(config.ckpt_path)
+
+    def _check_ensemble_use(self, config: Namespace) -> None:
+        """Refuse ``--ensemble`` outside test/predict and together with ``--ckpt_path``."""
+        if self.config.subcommand not in ("test", "predict"):
+            raise SegpipeError(f"--ensemble is for segpipe test and predict, not {self.config.subcommand}")
+        if config.get("ckpt_path"):
+            raise SegpipeError("--ckpt_path and --ensemble exclude each other: pass one")
+
+    def _use_ensemble(self) -> bool:
+        """With ``--ensemble``: replace the config's task by the ensemble of the named checkpoints (run with
+        the config's inference settings); False without it."""
+        config = self.config_init[self.subcommand]
+        if not config.get("ensemble"):
+            return False
+        init_args = self._mlflow_init_args(config)
+        uri = effective_tracking_uri(init_args.tracking_uri if init_args is not None else DEFAULT_TRACKING_URI)
+        paths = resolve_members(config.ensemble, self.trainer.default_root_dir, uri)
+        keep = ("tta", "slice_axis")
+        inference = {k: v for k, v in self.model.hparams.items() if k.startswith("inference_") or k in keep}
+        self.model = build_ensemble(paths, inference)
+        if self.trainer.is_global_zero:
+            print(f"segpipe: ensemble of {len(paths)} checkpoints: {', '.join(map(str, paths))}")
+        return True
 
     def _last_checkpoint(self, config: Namespace) -> str | None:
         """``--ckpt_path last`` (see segpipe.tracking.resume); with another logger, Lightning's own ``last``.
@@ -166,12 +212,13 @@ class SegpipeCLI(LightningCLI):
         self._check_data("validate")
 
     def before_test(self) -> None:
+        self._use_ensemble()
         self._check_data("test")
 
     def before_predict(self) -> None:
         config = self.config_init[self.subcommand]
-        if not config.get("ckpt_path"):
-            raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt>")
+        if not self._use_ensemble() and not config.get("ckpt_path"):
+            raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt> or --ensemble ...")
         # The writer callback saves each batch; keeping every prediction in memory as well would grow
         # with the dataset (volumes of class probabilities). --return_predictions true restores it.
         if config.get("return_predictions") is None:

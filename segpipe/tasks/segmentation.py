@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from segpipe.data.requirements import ModelRequirements
 from segpipe.evaluation import OverlapScores
+from segpipe.inference.postprocessing import apply_rule_to_batch, rule_of
 from segpipe.inference.sliding_window import StitchDtype, WindowedInference
 from segpipe.inference.tta import tta_axes
 from segpipe.losses import LossName, SegmentationLoss
@@ -21,6 +22,7 @@ from segpipe.tasks.param_groups import param_groups
 TRAIN_LOSS_KEY = "train_loss_running_mean"
 # the SegmentationLoss options a config may set through loss_kwargs (the others are task arguments)
 LOSS_OPTIONS = ("focal_gamma", "tversky_alpha", "tversky_beta", "lambda_focal", "lambda_tversky")
+POSTPROCESSING_KEY = "postprocessing"
 POOLED = re.compile(r"^test/(dice|iou)")
 
 
@@ -80,6 +82,11 @@ class SegmentationTask(BaseTask):
     """
 
     monitor = "val/dice"
+    postprocessing: dict[str, Any] | None = None
+    """The post-processing decision stored with the model (checkpoint entry ``postprocessing``, chosen on
+    validation by :class:`~segpipe.callbacks.PostprocessingSelection`); None: none chosen."""
+    apply_postprocessing: bool = True
+    """Apply :attr:`postprocessing` at test and predict (the callback's ``enabled`` sets it)."""
 
     def __init__(
         self,
@@ -190,16 +197,21 @@ class SegmentationTask(BaseTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self.postprocessing = checkpoint.get(POSTPROCESSING_KEY)
         running = checkpoint.get(TRAIN_LOSS_KEY)
         if running is not None and self.trainer.world_size == 1:  # on N processes it holds rank 0's part only
             device = self.train_loss.mean_value.device
             self.train_loss.mean_value, self.train_loss.weight = running["sum"].to(device), running["weight"].to(device)
 
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def postprocessing_rule(self) -> dict[int, str]:
+        """The ``{class: option}`` rule applied at test and predict (empty when none or switched off)."""
+        return rule_of(self.postprocessing) if self.apply_postprocessing else {}
+
+    def _evaluate(self, batch: dict[str, Any], stage: str, rule: dict[int, str] | None = None) -> torch.Tensor:
         logits = self.infer(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
-        labels = logits.argmax(1)
+        labels = apply_rule_to_batch(logits.argmax(1), rule or {})
         self.stage_metrics(stage).update(labels, batch["mask"])
         return labels
 
@@ -223,16 +235,31 @@ class SegmentationTask(BaseTask):
         self._log_scores("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Scores the batch and returns ``{"prediction": (B, *spatial) labels}`` for per-case reports."""
-        return {"prediction": self._evaluate(batch, "test")}
+        """Scores the batch and returns ``{"prediction": (B, *spatial) labels}`` for per-case reports; the
+        labels are post-processed by the stored rule (:meth:`postprocessing_rule`) before both."""
+        return {"prediction": self._evaluate(batch, "test", self.postprocessing_rule())}
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """``{"name": [str], "probabilities": (B, K, *spatial) float, "mask": (B, *spatial) labels}``."""
+        """``{"name": [str], "probabilities": (B, K, *spatial) float, "mask": (B, *spatial) labels}``.
+
+        With a post-processing rule, the mask is post-processed and the voxels it removed get background
+        probability 1, so that a writer mapping the probabilities to the input's grid (volumes) writes the
+        post-processed mask.
+        """
         probabilities = self.predict_probabilities(batch["image"])
-        return {"name": batch["name"], "probabilities": probabilities, "mask": probabilities.argmax(1)}
+        labels, rule = probabilities.argmax(1), self.postprocessing_rule()
+        if rule:
+            cleaned = apply_rule_to_batch(labels, rule)
+            removed = (cleaned != labels).unsqueeze(1)
+            background = torch.zeros(probabilities.shape[1], dtype=probabilities.dtype, device=probabilities.device)
+            background[0] = 1.0
+            spread = background.view(1, -1, *[1] * (probabilities.ndim - 2))  # broadcast over batch and space
+            probabilities = torch.where(removed, spread, probabilities)
+            labels = cleaned
+        return {"name": batch["name"], "probabilities": probabilities, "mask": labels}
 
 
 # `segpipe fit --help` shows the docstring: each architecture's options are listed there, read from the
