@@ -10,6 +10,8 @@ The same parser reads configs for the other commands (:mod:`segpipe.config`).
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,17 @@ from segpipe.tracking import (
 from segpipe.tracking.config import run_identity
 from segpipe.tracking.logger import DEFAULT_TRACKING_URI, effective_tracking_uri
 from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
+
+# Task arguments that say how the network runs over whole inputs, not what it learnt.
+INFERENCE_SETTINGS = (
+    "tta",
+    "inference_roi",
+    "inference_overlap",
+    "inference_batch_size",
+    "inference_sw_device",
+    "inference_device",
+    "inference_dtype",
+)
 
 
 class SegpipeCLI(LightningCLI):
@@ -105,6 +118,7 @@ class SegpipeCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Before LightningCLI reads the checkpoint's hyperparameters: resolve `last`, refuse unsafe files.
         config = self.config.get(str(self.config.get("subcommand")))
+        self._inference_settings = inference_settings_given(config, args)
         if config is not None and config.get("ensemble"):
             self._check_ensemble_use(config)
         if config is None or not config.get("ckpt_path"):
@@ -162,6 +176,11 @@ class SegpipeCLI(LightningCLI):
         return init_args if isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger) else None
 
     def before_instantiate_classes(self) -> None:
+        # LightningCLI puts a checkpoint's hyperparameters over the config and the command line; how to run
+        # the network over whole inputs is the caller's choice (e.g. --model.tta true at predict), not training's.
+        if self.subcommand in ("validate", "test", "predict"):
+            for key, value in self._inference_settings.items():
+                self.config[self.subcommand].model[key] = value
         # Name and tag the MLflow run after its dataset and network (the config's run_name and tags win);
         # resume into the run stored in the checkpoint (fit continues it, test reports into it).
         if self.subcommand not in ("fit", "test"):
@@ -241,6 +260,23 @@ class SegpipeCLI(LightningCLI):
     def _print_summary(self, checkpoint: str | None) -> None:
         if self.trainer.is_global_zero:
             print("\n".join(summary_lines(self.trainer, checkpoint)))
+
+
+def inference_settings_given(config: Namespace | None, args: ArgsType) -> dict[str, Any]:
+    """The task's whole-input inference settings (:data:`INFERENCE_SETTINGS`) that the config or the command
+    line set to something other than their defaults, or named on the command line: they win over the
+    checkpoint's."""
+    model = config.get("model") if config is not None else None
+    if not isinstance(model, Namespace):
+        return {}
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+    defaults = inspect.signature(SegmentationTask.__init__).parameters
+    given = {}
+    for key in INFERENCE_SETTINGS:
+        named = any(a == f"--model.{key}" or a.startswith(f"--model.{key}=") for a in argv)
+        if key in model and (named or model[key] != defaults[key].default):
+            given[key] = model[key]
+    return given
 
 
 def cli_arguments(args: ArgsType) -> dict[str, Any]:
