@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from builders import plan_of
 
 from segpipe.config import data_init_args, model_hparams, read_config
@@ -51,7 +50,8 @@ def test_round_trip_keeps_values_and_writes_reasons_as_comments(tmp_path: Path) 
     assert "    depth: 4  # 4 poolings keep 15 x 13 at the bottleneck" in lines
     assert f"  max_epochs: {config['trainer']['max_epochs']}  # calibrated: 0.41 s/step # not a second comment" in lines
     assert "    train_transforms:  # 2D: albumentations" in lines
-    assert "#   model.model_kwargs.dropout: none: no gain at this size" in lines  # a key the config leaves out: in the header
+    # a key the config leaves out: its reason is in the header
+    assert "#   model.model_kwargs.dropout: none: no gain at this size" in lines
     assert "#   cases: 3" in lines
     assert "#   median shape: [240.0, 208.0]" in lines
     assert "#   class frequencies: background 0.8000, grey_matter 0.1200, white_matter 0.0800" in lines
@@ -68,11 +68,11 @@ def test_plan_file_reads_with_the_fit_parser(tmp_path: Path) -> None:
 
 
 def test_read_plan_refuses_what_is_not_a_plan(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="missing.yaml: cannot read the plan"):
+    with pytest.raises(DataError, match=r"missing\.yaml: cannot read the plan"):
         read_plan(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(DataError, match="list.yaml: a plan is a YAML mapping"):
+    with pytest.raises(DataError, match=r"list\.yaml: a plan is a YAML mapping"):
         read_plan(tmp_path / "list.yaml")
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
-    with pytest.raises(DataError, match="bad.yaml: not YAML"):
+    with pytest.raises(DataError, match=r"bad\.yaml: not YAML"):
         read_plan(tmp_path / "bad.yaml")
