@@ -40,7 +40,7 @@ class TimeBudget(Callback):
     memory during the step, which misses what earlier peaks (data set-up, the sanity check) already reached.
 
     Args:
-        planned_seconds: the plan's fit time (:func:`segpipe.planning.budget.fit_to_budget`).
+        planned_seconds: the plan's fit time (:func:`segpipe.planning.budget.fit_to_budget`; 0: not planned).
         budget_seconds: the time budget the plan was fitted to (0: none).
         deadline_seconds: seconds after the fit's start by which it must end (0: no early stop).
         planned_memory_bytes: the plan's training-memory estimate for one step (0: not checked).
@@ -48,7 +48,7 @@ class TimeBudget(Callback):
 
     def __init__(
         self,
-        planned_seconds: float,
+        planned_seconds: float = 0.0,
         budget_seconds: float = 0.0,
         deadline_seconds: float = 0.0,
         planned_memory_bytes: int = 0,
@@ -106,12 +106,15 @@ class TimeBudget(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         actual = time.perf_counter() - self._fit_started
-        metrics = {"time/planned_s": self.planned_seconds, "time/actual_fit_s": actual}
+        metrics = {"time/actual_fit_s": actual}
+        if self.planned_seconds:
+            metrics["time/planned_s"] = self.planned_seconds
         if self.budget_seconds:
             metrics["time/budget_s"] = self.budget_seconds
         _log(trainer, metrics)
+        planned = f"planned {self.planned_seconds:.0f} s, " if self.planned_seconds else ""
         budget = f" (budget {self.budget_seconds:.0f} s)" if self.budget_seconds else ""
-        rank_zero_info(f"segpipe: planned {self.planned_seconds:.0f} s, took {actual:.0f} s{budget}")
+        rank_zero_info(f"segpipe: fit {planned}took {actual:.0f} s{budget}")
 
 
 def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
