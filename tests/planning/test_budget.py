@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import mlflow
@@ -94,16 +93,14 @@ def test_calibrated_fit_lands_within_its_budget(tmp_path: Path, monkeypatch: pyt
     assert "calibrated" in plan.reasons["trainer.max_epochs"]
     write_plan(plan, tmp_path / "plan.yaml")
 
-    started = time.perf_counter()
     assert main(["fit", "--config", str(tmp_path / "plan.yaml")]) == 0
-    took = time.perf_counter() - started
 
     run = mlflow.search_runs(experiment_names=["tests"], output_format="list")[0]
     metrics = run.data.metrics
     planned = trainer["callbacks"][-1]["init_args"]["planned_seconds"]
     assert metrics["time/planned_s"] == pytest.approx(planned)
     assert metrics["time/budget_s"] == budget
-    assert 0.5 * budget <= took <= 1.1 * budget
-    assert metrics["time/actual_fit_s"] <= took
+    # Lightning's fit (sanity check, training, validation, checkpoints), timed by the plan's TimeBudget callback
+    assert 0.5 * budget <= metrics["time/actual_fit_s"] <= 1.1 * budget
     assert metrics["memory/planned_bytes"] > 0
     assert "memory/first_step_bytes" in metrics
