@@ -9,6 +9,7 @@ measures into epochs and steps per epoch.
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -120,6 +121,9 @@ def calibrate(config: dict[str, Any], steps: int = 5) -> Calibration:
             "accelerator": trainer_args.accelerator,
             "devices": 1,
             "precision": trainer_args.precision,
+            "deterministic": trainer_args.deterministic,
+            "benchmark": trainer_args.benchmark,
+            "gradient_clip_val": trainer_args.gradient_clip_val,
             "logger": False,
             "enable_checkpointing": False,
             "enable_progress_bar": False,
@@ -129,7 +133,9 @@ def calibrate(config: dict[str, Any], steps: int = 5) -> Calibration:
         }
         trainer = pl.Trainer(**common, max_steps=WARMUP_STEPS + steps, limit_val_batches=0, num_sanity_val_steps=0)
         trainer.fit(task, datamodule=datamodule)
-        train_batches = int(trainer.num_training_batches)
+        # an iterable dataset without a length has an infinite epoch: count the steps it gave
+        batches = trainer.num_training_batches
+        train_batches = int(batches) if math.isfinite(batches) else len(clock.batch_ends)
         validator = pl.Trainer(**common, limit_val_batches=VALIDATION_BATCHES)
         validator.validate(task, datamodule=datamodule, verbose=False)
         val_batches, timed_val = _pass_batches(datamodule, "val"), int(sum(validator.num_val_batches))
