@@ -12,6 +12,7 @@ from segpipe.cli import main
 from segpipe.planning.plan_yaml import read_plan
 
 
+@pytest.mark.slow
 def test_fit_folder_plans_fits_and_logs_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
