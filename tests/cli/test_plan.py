@@ -70,6 +70,7 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(
     assert not (tmp_path / "plan.yaml").exists() and not (tmp_path / "fingerprint.json").exists()
 
 
+@pytest.mark.slow
 def test_plan_writes_a_config_with_reasons_and_the_fingerprint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
