@@ -146,9 +146,8 @@ def fit_to_budget(
     test_after_fit = bool(plan.config.get("test_after_fit", True))
     schedule = choose_schedule(cal, budget_seconds, spent + startup_s, test_after_fit)
     config = _with_schedule(plan.config, schedule, cal, budget_seconds)
-    return dataclasses.replace(
-        plan, config=config, reasons={**plan.reasons, **budget_reasons(cal, schedule, budget_seconds, started_at)}
-    )
+    reasons = budget_reasons(cal, schedule, budget_seconds, spent if started_at is not None else None, startup_s)
+    return dataclasses.replace(plan, config=config, reasons={**plan.reasons, **reasons})
 
 
 def _with_schedule(config: dict[str, Any], schedule: Schedule, cal: Calibration, budget_s: float) -> dict[str, Any]:
@@ -175,14 +174,17 @@ def _with_schedule(config: dict[str, Any], schedule: Schedule, cal: Calibration,
     return {**config, "trainer": trainer}
 
 
-def budget_reasons(cal: Calibration, schedule: Schedule, budget_s: float, started_at: float | None) -> dict[str, str]:
+def budget_reasons(
+    cal: Calibration, schedule: Schedule, budget_s: float, spent_s: float | None = None, startup_s: float = 0.0
+) -> dict[str, str]:
     """One line per key that the budget set, saying what was measured and how it was chosen."""
     calibration = (
         f"calibrated: {cal.step_s:.3f} s/step on {cal.device} ({cal.train_batches} batches per whole epoch), "
         f"validation {cal.val_batches} batches x {cal.val_batch_s:.3f} s, checkpoint {cal.checkpoint_s:.2f} s"
     )
-    counted = "the calibration and planning counted" if started_at is not None else "calibration not counted"
-    fixed = f"fixed {schedule.fixed_s:.0f} s (start-up {cal.setup_s:.0f} s, test after fit; {counted})"
+    spent = f"{spent_s:.0f} s of planning and calibration" if spent_s is not None else "calibration not counted"
+    imports = f" + imports {startup_s:.0f} s" if startup_s else ""
+    fixed = f"fixed {schedule.fixed_s:.0f} s (start-up {cal.setup_s:.0f} s{imports}, test after fit; {spent})"
     planned = schedule.planned_fit_s
     return {
         "trainer.max_epochs": f"{calibration}; budget {budget_s:.0f} s - {SAFETY_MARGIN:.0%} margin - {fixed}",

@@ -30,13 +30,13 @@ SUMMARY_WIDTH = 100  # longest fingerprint value shown in the header; longer one
 def write_plan(plan: ExperimentPlan, path: str | Path) -> Path:
     """Write ``plan.config`` to ``path`` (atomically) with ``plan.reasons`` as comments and a fingerprint header.
 
-    A reason whose key is not in the config (a decision about something left at its default) is listed in
+    A reason whose key is not in the config (a decision to leave something at its default) is listed after
     the header.
     """
     used: set[str] = set()
     body = config_lines(plan.config, plan.reasons, used)
     unplaced = [f"#   {key}: {reason}" for key, reason in plan.reasons.items() if key not in used]
-    defaults = ["# Decisions that keep a default:", *unplaced, ""] if unplaced else []
+    defaults = ["# Decisions about keys the config leaves at their defaults:", *unplaced, ""] if unplaced else []
     lines = [*header_lines(plan.fingerprint.to_dict(), path), *defaults, *body]
     return write_text(path, "\n".join(lines) + "\n")
 
