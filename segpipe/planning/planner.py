@@ -14,17 +14,24 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from segpipe.errors import SegpipeError
+from segpipe.models.registry import registered_name
 from segpipe.planning.data_config import folder_data, normalization, volume_data
 from segpipe.planning.fingerprint import DatasetFingerprint
 from segpipe.planning.memory import BUDGET_SHARE, device_memory_bytes, training_bytes
 from segpipe.planning.networks import NetworkPlan, plan_network
-from segpipe.planning.topology import MIN_FEATURE_MAP, fit_patch, resampled_shape, target_spacing
+from segpipe.planning.topology import ANISOTROPY_THRESHOLD, MIN_FEATURE_MAP, fit_patch, resampled_shape, target_spacing
 
 Dims = Literal["auto", "2d", "3d", "slices"]
 MAX_DATASET_SHARE = 0.05  # nnU-Net: a batch covers at most 5% of the dataset's voxels
 MAX_BATCH = 64
 TARGET_STEPS = 1000  # training steps of a run without a time budget
 RARE_CLASS_FRACTION = 0.01  # a foreground class below 1% of the voxels gets a focal term
+
+
+class PlanError(SegpipeError, ValueError):
+    """A plan that cannot be made (unknown network, dims the data cannot have, no patch within the memory):
+    one line for the user, and a ValueError for callers."""
 
 
 @dataclass(frozen=True)
@@ -43,20 +50,27 @@ def resolve_dims(
     """``2d`` (image folders), ``3d`` or ``slices`` (volumes), and why.
 
     Raises:
-        ValueError: for ``3d``/``slices`` asked of 2D images.
+        PlanError: for ``3d``/``slices`` asked of 2D images.
     """
     if fingerprint.spatial_dims == 2:
         if dims in ("3d", "slices"):
-            raise ValueError(f"dims {dims!r} needs volumes; {fingerprint.root} holds 2D images")
+            raise PlanError(f"dims {dims!r} needs volumes; {fingerprint.root} holds 2D images")
         return "2d", "2D images"
     if dims == "2d":
         dims = "slices"
     if dims != "auto":
         return dims, f"asked for {dims}"
-    coarse = int(np.argmax(spacing))
-    if shape[coarse] < 2 * MIN_FEATURE_MAP:
-        return "slices", f"{shape[coarse]:.0f} slices along axis {coarse}: too few for one 3D pooling"
+    axis = slicing_axis(shape, spacing)
+    if shape[axis] < 2 * MIN_FEATURE_MAP:
+        return "slices", f"{shape[axis]:.0f} slices along axis {axis}: too few for one 3D pooling"
     return "3d", "volumes: 3D patches (nnU-Net's 3d_fullres)"
+
+
+def slicing_axis(shape: list[float], spacing: list[float]) -> int:
+    """The axis volumes are cut along for 2D slices: the coarse one of anisotropic data, else the shortest."""
+    if max(spacing) > ANISOTROPY_THRESHOLD * min(spacing):
+        return int(np.argmax(spacing))
+    return int(np.argmin(shape))
 
 
 def choose_loss(fingerprint: DatasetFingerprint) -> tuple[str, str]:
@@ -84,8 +98,13 @@ def plan_experiment(
             :func:`segpipe.planning.memory.device_memory_bytes`).
 
     Raises:
-        ValueError: for an unknown network, dims that do not fit the data, or no patch within the memory.
+        PlanError: for an unknown network (with the valid names), dims that do not fit the data, or no
+            patch within the memory.
     """
+    try:
+        network = registered_name(network)
+    except ValueError as err:
+        raise PlanError(str(err)) from None
     reasons: dict[str, str] = {}
     cuda = torch.cuda.is_available()
     precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
@@ -96,7 +115,7 @@ def plan_experiment(
     spacing, reasons["data.init_args.spacing"] = target_spacing(fingerprint.spacings, fingerprint.shapes)
     shape = resampled_shape(fingerprint.shapes, fingerprint.spacings, spacing)
     chosen, dims_reason = resolve_dims(fingerprint, dims, shape, spacing)
-    slice_axis = int(np.argmax(spacing)) if chosen == "slices" else None
+    slice_axis = slicing_axis(shape, spacing) if chosen == "slices" else None
     if slice_axis is not None:
         reasons["data.init_args.training_mode"] = dims_reason
         shape = [s for axis, s in enumerate(shape) if axis != slice_axis]
@@ -109,7 +128,10 @@ def plan_experiment(
         args = (net.model, net.model_kwargs, fingerprint.in_channels, fingerprint.num_classes)
         return training_bytes(*args, (batch, *patch), precision)
 
-    patch, levels = fit_patch(shape, plane_spacing, lambda p, lv: estimate(p, lv, 2) <= budget)
+    try:
+        patch, levels = fit_patch(shape, plane_spacing, lambda p, lv: estimate(p, lv, 2) <= budget)
+    except ValueError as err:
+        raise PlanError(f"{err} ({memory / 2**30:.2f} GiB of {source} memory)") from None
     dataset_voxels = sum(math.prod(s) for s in fingerprint.shapes)
     cap = max(2, min(MAX_BATCH, int(MAX_DATASET_SHARE * dataset_voxels / math.prod(patch))))
     batch = 2
@@ -144,7 +166,7 @@ def plan_experiment(
     reasons["model.tta"] = "mirroring test-time augmentation at predict (nnU-Net)"
     config = {
         "seed_everything": 0,
-        "trainer": trainer_section(fingerprint, epochs, precision),
+        "trainer": trainer_section(fingerprint, epochs, precision, steps_per_epoch),
         "model": model,
         "data": data,
     }
@@ -179,7 +201,9 @@ def model_section(
     return section
 
 
-def trainer_section(fingerprint: DatasetFingerprint, epochs: int, precision: str) -> dict[str, Any]:
+def trainer_section(
+    fingerprint: DatasetFingerprint, epochs: int, precision: str, steps_per_epoch: int
+) -> dict[str, Any]:
     """The ``trainer:`` section: one device picked by Lightning, MLflow logging under the dataset's name."""
     name = fingerprint.root.rstrip("/").split("/")[-1] or "dataset"
     return {
@@ -187,7 +211,7 @@ def trainer_section(fingerprint: DatasetFingerprint, epochs: int, precision: str
         "devices": 1,
         "precision": precision,
         "max_epochs": epochs,
-        "log_every_n_steps": 5,
+        "log_every_n_steps": min(5, steps_per_epoch),
         "enable_model_summary": False,
         "logger": {"class_path": "segpipe.tracking.MLflowLogger", "init_args": {"experiment_name": f"segpipe-{name}"}},
     }

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-# Foreground voxels sampled per case and channel for intensity statistics (nnU-Net's number).
-SAMPLES_PER_CASE = 10_000
+from segpipe.preprocessing.fingerprint import SAMPLES_PER_CASE
+
 PERCENTILES = (0.5, 99.5)
 
 

@@ -79,7 +79,7 @@ def fit_patch(
     Raises:
         ValueError: when not even the smallest patch fits.
     """
-    patch = [max(int(round(s)), 1) for s in median_shape]
+    patch = [max(round(s), 1) for s in median_shape]
     while True:
         levels = pooling(spacing, patch)
         stride = strides(levels, len(patch))
@@ -87,11 +87,12 @@ def fit_patch(
         if fits(patch, levels):
             return patch, levels
         ratios = [patch[a] / median_shape[a] for a in range(len(patch))]
-        shrinkable = [a for a in range(len(patch)) if patch[a] > MIN_FEATURE_MAP]
+        smallest = 2 * MIN_FEATURE_MAP  # one pooling still leaves the minimum feature map
+        shrinkable = [a for a in range(len(patch)) if patch[a] > smallest]
         if not shrinkable:
-            raise ValueError(f"no patch of at least {MIN_FEATURE_MAP} voxels per axis fits the memory budget")
+            raise ValueError(f"no patch of at least {smallest} voxels per axis fits the memory budget")
         axis = max(shrinkable, key=lambda a: ratios[a])
-        patch[axis] = max(patch[axis] - stride[axis], MIN_FEATURE_MAP)
+        patch[axis] = max(patch[axis] - stride[axis], smallest)
 
 
 def is_anisotropic_pooling(levels: Sequence[Sequence[int]]) -> bool:

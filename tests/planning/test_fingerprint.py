@@ -97,6 +97,6 @@ def test_cached_beside_the_preprocessing_cache_and_recomputed_when_a_file_change
 
 def test_a_bad_dataset_is_refused_naming_the_file(split_dataset: Path):
     (split_dataset / "train" / "masks" / "case_03.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="case_03.png"):
+    with pytest.raises(DataError, match=r"case_03\.png"):
         dataset_fingerprint(split_dataset)
     assert not (split_dataset / CACHE_FOLDER).exists()
