@@ -73,10 +73,8 @@ def make_plan(options: argparse.Namespace, started_at: float | None = None, star
     from segpipe.planning.planner import plan_experiment
 
     fingerprint = dataset_fingerprint(options.dataset, layout=options.layout)
-    try:
-        plan = plan_experiment(fingerprint, dims=options.dims, network=options.network, device_memory=memory)
-    except ValueError as err:  # a dims the data cannot have, an unknown network (with the valid names)
-        raise SegpipeError(" ".join(str(err).split())) from None
+    # PlanError (a SegpipeError): an unknown network, dims the data cannot have, no patch within the memory
+    plan = plan_experiment(fingerprint, dims=options.dims, network=options.network, device_memory=memory)
     if budget is None:
         return plan
     return fit_to_budget(plan, budget, started_at=started_at, startup_s=startup_s)

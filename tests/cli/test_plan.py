@@ -57,6 +57,7 @@ def test_plan_params_of_a_2d_and_a_3d_config(tmp_path: Path) -> None:
         (["missing_folder"], "missing_folder: no such dataset folder or case list"),
         (["{data}", "--time-budget", "soon"], "time budget 'soon'"),
         (["{data}", "--dims", "4d"], "argument --dims: invalid choice"),
+        (["{data}", "--network", "unett"], "unknown model 'unett'"),
     ],
 )
 def test_refusals_are_one_line_exit_2_and_write_nothing(
