@@ -29,8 +29,8 @@ class TimeBudget(Callback):
     ``time/actual_fit_s`` (Lightning's fit: sanity check, epochs, checkpoint writes), ``memory/planned_bytes``
     and ``memory/first_step_bytes``. The fit ends with one line: ``planned 180 s, took 171 s``.
 
-    With ``deadline_seconds``, the fit also stops after an epoch when one more epoch, at the median duration of
-    the epochs so far (validation, checkpoints and logging included), would end past it: a machine slower
+    With ``deadline_seconds``, the fit also stops after an epoch when one more epoch, as long as the median or the last
+    of the epochs so far (validation, checkpoints and logging included), would end past it: a machine slower
     than at calibration (other jobs, logging the calibration did not time) ends the run at an epoch's end
     rather than at ``trainer.max_time`` in the middle of one. The learning-rate schedule keeps its planned
     length, so a stopped run ends before its schedule does.
@@ -71,7 +71,8 @@ class TimeBudget(Callback):
         now = time.perf_counter()
         self._epoch_times.append(now - self._epoch_started)
         _log(trainer, {"time/epoch_s": self._epoch_times[-1]})
-        next_epoch = statistics.median(self._epoch_times)  # the first epoch's one-off costs weigh less
+        # the median leaves out the first epoch's one-off costs; the last epoch follows a machine that slowed down
+        next_epoch = max(statistics.median(self._epoch_times), self._epoch_times[-1])
         if self.deadline_seconds and now - self._fit_started + next_epoch > self.deadline_seconds:
             trainer.should_stop = True
             rank_zero_info(

@@ -165,7 +165,8 @@ def _with_schedule(config: dict[str, Any], schedule: Schedule, cal: Calibration,
             "init_args": {
                 "planned_seconds": round(schedule.planned_fit_s, 1),
                 "budget_seconds": round(budget_s, 1),
-                "deadline_seconds": round(budget_s - schedule.fixed_s, 1),
+                # half of the safety margin is left to an epoch slower than the others
+                "deadline_seconds": round(budget_s * (1 - SAFETY_MARGIN / 2) - schedule.fixed_s, 1),
                 "planned_memory_bytes": cal.training_bytes_estimate,
             },
         }
