@@ -30,7 +30,8 @@ class TimeBudget(Callback):
     and ``memory/first_step_bytes``. The fit ends with one line: ``planned 180 s, took 171 s``.
 
     With ``deadline_seconds``, the fit also stops after an epoch when one more epoch, as long as the median or the last
-    of the epochs so far (validation, checkpoints and logging included), would end past it: a machine slower
+    of the epochs after the first (validation, checkpoints and logging included; after the first epoch, the
+    plan's), would end past it: a machine slower
     than at calibration (other jobs, logging the calibration did not time) ends the run at an epoch's end
     rather than at ``trainer.max_time`` in the middle of one. The learning-rate schedule keeps its planned
     length, so a stopped run ends before its schedule does.
@@ -71,8 +72,10 @@ class TimeBudget(Callback):
         now = time.perf_counter()
         self._epoch_times.append(now - self._epoch_started)
         _log(trainer, {"time/epoch_s": self._epoch_times[-1]})
-        # the median leaves out the first epoch's one-off costs; the last epoch follows a machine that slowed down
-        next_epoch = max(statistics.median(self._epoch_times), self._epoch_times[-1])
+        # The first epoch pays one-off costs (the first figures and MLflow writes): after it, the plan's epoch
+        # stands in; later, the median of the later epochs, or the last one when the machine slowed down.
+        later = self._epoch_times[1:] or [self.planned_seconds / max(trainer.max_epochs or 1, 1)]
+        next_epoch = max(statistics.median(later), later[-1])
         if self.deadline_seconds and now - self._fit_started + next_epoch > self.deadline_seconds:
             trainer.should_stop = True
             rank_zero_info(
