@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -338,3 +339,28 @@ def seg_labels_volume(seg_path: Path, series: Path, affine: np.ndarray, shape: t
         volume[:, :, k] = (seg_frames(seg, source, segments) * np.arange(1, segments + 1)).sum(-1).T
     assert (volume >= 0).all(), "a slice has no source instance"
     return volume
+
+
+@dataclass(frozen=True)
+class FingerprintStandIn:
+    """What a plan needs of a dataset fingerprint (``to_dict``), for plans built from a written config."""
+
+    summary: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.summary)
+
+
+@dataclass(frozen=True)
+class PlanStandIn:
+    """An experiment plan (config, reasons, fingerprint) as ``segpipe.planning.planner.ExperimentPlan`` holds it."""
+
+    config: dict
+    reasons: dict
+    fingerprint: FingerprintStandIn
+
+
+def plan_of(config: dict, reasons: dict | None = None, fingerprint: dict | None = None) -> PlanStandIn:
+    """A plan of an existing ``config``, with a small fingerprint summary."""
+    summary = fingerprint or {"cases": 16, "median_shape": [37, 33], "modality": "image"}
+    return PlanStandIn(config, dict(reasons or {}), FingerprintStandIn(summary))

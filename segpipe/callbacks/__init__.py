@@ -5,6 +5,7 @@ from segpipe.callbacks.nonfinite import NonFiniteGuard
 from segpipe.callbacks.performance import PerformanceFlags, effective_batch_size, scaling_statement
 from segpipe.callbacks.postprocessing import PostprocessingSelection
 from segpipe.callbacks.random_state import RandomStateInCheckpoint
+from segpipe.callbacks.time_budget import TimeBudget
 
 __all__ = [
     "NonFiniteGuard",
@@ -12,6 +13,7 @@ __all__ = [
     "PostprocessingSelection",
     "RandomStateInCheckpoint",
     "ResumableCheckpoint",
+    "TimeBudget",
     "effective_batch_size",
     "scaling_statement",
 ]
