@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -262,3 +263,104 @@ def wait_for_mlflow(uri: str, proc: subprocess.Popen, timeout: float = 180, log:
                 output = f":\n{log.read_text()}" if log is not None else ""
                 raise RuntimeError(f"mlflow server did not start (exit code {proc.poll()}){output}") from None
             time.sleep(0.5)
+
+
+def write_dicom_series(folder: Path, volume: np.ndarray, affine: np.ndarray, seed: int = 0) -> list[Path]:
+    """A CT-like DICOM series of ``volume`` (X, Y, Z) on the RAS+ ``affine`` (4, 4): one file per z slice
+    (rows along y, columns along x), named in a shuffled order so that readers must sort by position.
+
+    Returns:
+        The files, in slice order (z = 0 first).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    directions = lps[:3, :3] / spacing
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    names = np.random.default_rng(seed).permutation(volume.shape[2])
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P001", "19700101", "O"
+        ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20260101", "120000", "A1"
+        ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", "CT", "tests"
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImageOrientationPatient = [float(v) for v in (*directions[:, 0], *directions[:, 1])]
+        ds.ImagePositionPatient = [float(v) for v in lps[:3, :3] @ np.array([0, 0, k]) + lps[:3, 3]]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # between rows (y), between columns (x)
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T, dtype=np.int16).tobytes()
+        path = folder / f"slice_{names[k]:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def seg_frames(seg, source, segments: int) -> np.ndarray:
+    """(rows, columns, segments) of a highdicom Segmentation ``seg`` for the pydicom instance ``source``
+    (segments 1..``segments``; zeros where the SEG has no frame)."""
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID],
+        segment_numbers=list(range(1, segments + 1)),
+        assert_missing_frames_are_empty=True,
+    )
+    return pixels[0]
+
+
+def seg_labels_volume(seg_path: Path, series: Path, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A DICOM-SEG file re-imported as (X, Y, Z) labels (segment k = class k) on the grid of the RAS+
+    ``affine`` (4, 4): each instance of the ``series`` folder's frame placed at the slice its
+    ImagePositionPatient falls on (independent of the file order and of the reader's slice sorting)."""
+    import highdicom as hd
+    import pydicom
+
+    seg = hd.seg.segread(seg_path)
+    segments = len(seg.SegmentSequence)
+    volume = np.full(shape, -1, np.int64)
+    to_voxel = np.linalg.inv(affine)
+    for path in sorted(series.iterdir()):
+        source = pydicom.dcmread(path)
+        ras = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(source.ImagePositionPatient, np.float64)
+        i, j, k = np.round(to_voxel[:3, :3] @ ras + to_voxel[:3, 3]).astype(int)
+        assert (i, j) == (0, 0), f"{path.name} is not on a slice of the grid"
+        volume[:, :, k] = (seg_frames(seg, source, segments) * np.arange(1, segments + 1)).sum(-1).T
+    assert (volume >= 0).all(), "a slice has no source instance"
+    return volume
+
+
+@dataclass(frozen=True)
+class FingerprintStandIn:
+    """What a plan needs of a dataset fingerprint (``to_dict``), for plans built from a written config."""
+
+    summary: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.summary)
+
+
+@dataclass(frozen=True)
+class PlanStandIn:
+    """An experiment plan (config, reasons, fingerprint) as ``segpipe.planning.planner.ExperimentPlan`` holds it."""
+
+    config: dict
+    reasons: dict
+    fingerprint: FingerprintStandIn
+
+
+def plan_of(config: dict, reasons: dict | None = None, fingerprint: dict | None = None) -> PlanStandIn:
+    """A plan of an existing ``config``, with a small fingerprint summary."""
+    summary = fingerprint or {"cases": 16, "median_shape": [37, 33], "modality": "image"}
+    return PlanStandIn(config, dict(reasons or {}), FingerprintStandIn(summary))

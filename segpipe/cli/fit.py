@@ -2,6 +2,7 @@
 
 segpipe fit --config configs/demo.yaml [--trainer.max_epochs 3 ...]
 segpipe predict --config configs/demo.yaml --ckpt_path best.ckpt --data.predict_dir scans/
+segpipe predict --config configs/unet3d.yaml --ensemble outputs/<experiment id>/ --data.predict_dir scans/
 
 The same parser reads configs for the other commands (:mod:`segpipe.config`).
 """
@@ -9,6 +10,8 @@ The same parser reads configs for the other commands (:mod:`segpipe.config`).
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,20 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from segpipe.callbacks import NonFiniteGuard, PerformanceFlags, RandomStateInCheckpoint, ResumableCheckpoint
+from segpipe.callbacks import (
+    NonFiniteGuard,
+    PerformanceFlags,
+    PostprocessingSelection,
+    RandomStateInCheckpoint,
+    ResumableCheckpoint,
+)
 from segpipe.cli import DESCRIPTION
 from segpipe.cli.run_summary import summary_lines
 from segpipe.cli.wiring import atomic_checkpoint_plugins, check_data_for_model
 from segpipe.errors import SegpipeError
 from segpipe.inference import MaskWriter
+from segpipe.inference.ensemble import build_ensemble
+from segpipe.inference.ensemble_members import resolve_members
 from segpipe.io.checkpoints import LAST, check_checkpoint, check_writable
 from segpipe.tasks import SegmentationTask
 from segpipe.tracking import (
@@ -37,8 +48,19 @@ from segpipe.tracking import (
     resumable_run_id,
 )
 from segpipe.tracking.config import run_identity
-from segpipe.tracking.logger import effective_tracking_uri
+from segpipe.tracking.logger import DEFAULT_TRACKING_URI, effective_tracking_uri
 from segpipe.tracking.resume import last_checkpoint_in, last_checkpoint_of_experiment
+
+# Task arguments that say how the network runs over whole inputs, not what it learnt.
+INFERENCE_SETTINGS = (
+    "tta",
+    "inference_roi",
+    "inference_overlap",
+    "inference_batch_size",
+    "inference_sw_device",
+    "inference_device",
+    "inference_dtype",
+)
 
 
 class SegpipeCLI(LightningCLI):
@@ -73,6 +95,18 @@ class SegpipeCLI(LightningCLI):
         parser.add_lightning_class_args(PerformanceFlags, "performance")
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
         parser.add_lightning_class_args(RandomStateInCheckpoint, "random_state")
+        parser.add_lightning_class_args(PostprocessingSelection, "postprocessing")
+        parser.add_argument(
+            "--ensemble",
+            type=str,
+            nargs="+",
+            default=None,
+            help=(
+                "test/predict: average the class probabilities of several checkpoints: files, folders (the best "
+                "checkpoint of each run folder under it) or mlflow:<experiment name> (its finished runs' best)."
+                " Excludes --ckpt_path."
+            ),
+        )
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -84,12 +118,38 @@ class SegpipeCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Before LightningCLI reads the checkpoint's hyperparameters: resolve `last`, refuse unsafe files.
         config = self.config.get(str(self.config.get("subcommand")))
+        self._inference_settings = inference_settings_given(config, args)
+        if config is not None and config.get("ensemble"):
+            self._check_ensemble_use(config)
         if config is None or not config.get("ckpt_path"):
             return
         if config.ckpt_path == LAST:
             config.ckpt_path = self._last_checkpoint(config)
         if config.ckpt_path:
             check_checkpoint(config.ckpt_path)
+
+    def _check_ensemble_use(self, config: Namespace) -> None:
+        """Refuse ``--ensemble`` outside test/predict and together with ``--ckpt_path``."""
+        if self.config.subcommand not in ("test", "predict"):
+            raise SegpipeError(f"--ensemble is for segpipe test and predict, not {self.config.subcommand}")
+        if config.get("ckpt_path"):
+            raise SegpipeError("--ckpt_path and --ensemble exclude each other: pass one")
+
+    def _use_ensemble(self) -> bool:
+        """With ``--ensemble``: replace the config's task by the ensemble of the named checkpoints (run with
+        the config's inference settings); False without it."""
+        config = self.config_init[self.subcommand]
+        if not config.get("ensemble"):
+            return False
+        init_args = self._mlflow_init_args(config)
+        uri = effective_tracking_uri(init_args.tracking_uri if init_args is not None else DEFAULT_TRACKING_URI)
+        paths = resolve_members(config.ensemble, self.trainer.default_root_dir, uri)
+        keep = ("tta", "slice_axis")
+        inference = {k: v for k, v in self.model.hparams.items() if k.startswith("inference_") or k in keep}
+        self.model = build_ensemble(paths, inference)
+        if self.trainer.is_global_zero:
+            print(f"segpipe: ensemble of {len(paths)} checkpoints: {', '.join(map(str, paths))}")
+        return True
 
     def _last_checkpoint(self, config: Namespace) -> str | None:
         """``--ckpt_path last`` (see segpipe.tracking.resume); with another logger, Lightning's own ``last``.
@@ -116,6 +176,11 @@ class SegpipeCLI(LightningCLI):
         return init_args if isinstance(logger_class, type) and issubclass(logger_class, MLflowLogger) else None
 
     def before_instantiate_classes(self) -> None:
+        # LightningCLI puts a checkpoint's hyperparameters over the config and the command line; how to run
+        # the network over whole inputs is the caller's choice (e.g. --model.tta true at predict), not training's.
+        if self.subcommand in ("validate", "test", "predict"):
+            for key, value in self._inference_settings.items():
+                self.config[self.subcommand].model[key] = value
         # Name and tag the MLflow run after its dataset and network (the config's run_name and tags win);
         # resume into the run stored in the checkpoint (fit continues it, test reports into it).
         if self.subcommand not in ("fit", "test"):
@@ -166,12 +231,13 @@ class SegpipeCLI(LightningCLI):
         self._check_data("validate")
 
     def before_test(self) -> None:
+        self._use_ensemble()
         self._check_data("test")
 
     def before_predict(self) -> None:
         config = self.config_init[self.subcommand]
-        if not config.get("ckpt_path"):
-            raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt>")
+        if not self._use_ensemble() and not config.get("ckpt_path"):
+            raise SegpipeError("predict needs trained weights: pass --ckpt_path <checkpoint.ckpt> or --ensemble ...")
         # The writer callback saves each batch; keeping every prediction in memory as well would grow
         # with the dataset (volumes of class probabilities). --return_predictions true restores it.
         if config.get("return_predictions") is None:
@@ -194,6 +260,23 @@ class SegpipeCLI(LightningCLI):
     def _print_summary(self, checkpoint: str | None) -> None:
         if self.trainer.is_global_zero:
             print("\n".join(summary_lines(self.trainer, checkpoint)))
+
+
+def inference_settings_given(config: Namespace | None, args: ArgsType) -> dict[str, Any]:
+    """The task's whole-input inference settings (:data:`INFERENCE_SETTINGS`) that the config or the command
+    line set to something other than their defaults, or named on the command line: they win over the
+    checkpoint's."""
+    model = config.get("model") if config is not None else None
+    if not isinstance(model, Namespace):
+        return {}
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+    defaults = inspect.signature(SegmentationTask.__init__).parameters
+    given = {}
+    for key in INFERENCE_SETTINGS:
+        named = any(a == f"--model.{key}" or a.startswith(f"--model.{key}=") for a in argv)
+        if key in model and (named or model[key] != defaults[key].default):
+            given[key] = model[key]
+    return given
 
 
 def cli_arguments(args: ArgsType) -> dict[str, Any]:

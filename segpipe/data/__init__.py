@@ -1,15 +1,25 @@
-"""Data: readers, pairing and splits, datasets and DataModules."""
+"""Data: readers, pairing and splits, datasets and DataModules.
 
-from segpipe.data.demos.mni2d import MNIDemoDataModule, build_mni_demo
-from segpipe.data.demos.mni3d import MNIDemo3DDataModule, build_mni_demo3d
-from segpipe.data.modules.folder import FolderDataModule
-from segpipe.data.modules.volumes import VolumeDataModule
+The DataModules load on first use (PEP 562): ``import segpipe.data.checks`` or the ONNX predict path
+(segpipe.cli.predict_onnx) must not pull in Lightning through this package.
+"""
 
-__all__ = [
-    "FolderDataModule",
-    "MNIDemo3DDataModule",
-    "MNIDemoDataModule",
-    "VolumeDataModule",
-    "build_mni_demo",
-    "build_mni_demo3d",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "FolderDataModule": "segpipe.data.modules.folder",
+    "MNIDemo3DDataModule": "segpipe.data.demos.mni3d",
+    "MNIDemoDataModule": "segpipe.data.demos.mni2d",
+    "VolumeDataModule": "segpipe.data.modules.volumes",
+    "build_mni_demo": "segpipe.data.demos.mni2d",
+    "build_mni_demo3d": "segpipe.data.demos.mni3d",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

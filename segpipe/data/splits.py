@@ -118,12 +118,22 @@ def split_names(
         names, 0.0 if fold is not None else val_fraction, test_fraction, np.random.default_rng(seed)
     )
     if fold is not None:
-        rest = sorted(splits["train"])
-        if len(rest) < num_folds:
-            raise ValueError(f"{len(rest)} cases (after the test split) cannot be cut into {num_folds} folds")
-        train_idx, val_idx = list(KFold(num_folds, shuffle=True, random_state=seed).split(rest))[fold]
-        splits["train"], splits["val"] = [rest[i] for i in train_idx], [rest[i] for i in val_idx]
+        splits["train"], splits["val"] = cut_fold(splits["train"], seed, fold, num_folds)
     return {split: sorted(splits[split]) for split in SPLITS}
+
+
+def cut_fold(names: Iterable[str], seed: int, fold: int, num_folds: int) -> tuple[list[str], list[str]]:
+    """(train, val) names of fold ``fold`` when ``names`` are cut into ``num_folds`` folds (scikit-learn
+    ``KFold``, shuffled with ``seed``, over the sorted names).
+
+    Raises:
+        ValueError: for fewer names than folds.
+    """
+    rest = sorted(names)
+    if len(rest) < num_folds:
+        raise ValueError(f"{len(rest)} cases (after the test split) cannot be cut into {num_folds} folds")
+    train_idx, val_idx = list(KFold(num_folds, shuffle=True, random_state=seed).split(rest))[fold]
+    return [rest[i] for i in train_idx], [rest[i] for i in val_idx]
 
 
 def check_folds(fold: int | None, num_folds: int) -> None:
@@ -149,8 +159,9 @@ def named_splits(
     fold: int | None = None,
     num_folds: int = 5,
 ) -> dict[str, list[T]]:
-    """The items of each split, by name: from ``split_file`` when given (unlisted items are left out), else
-    :func:`split_names` (seeded, optionally one fold of ``num_folds``).
+    """The items of each split, by name: from ``split_file`` when given (unlisted items are left out; with
+    ``fold``, its train and val cases together are cut into ``num_folds`` folds and its test cases kept),
+    else :func:`split_names` (seeded, optionally one fold of ``num_folds``).
 
     Raises:
         DataError: naming ``split_file`` when it is bad, or ``root`` for bad fractions or too few cases.
@@ -158,6 +169,11 @@ def named_splits(
     by_name = {name(item): item for item in items}
     if split_file is not None:
         names = read_split_file(split_file, list(by_name))
+        if fold is not None:
+            try:
+                names["train"], names["val"] = cut_fold(names["train"] + names["val"], seed, fold, num_folds)
+            except ValueError as err:
+                raise DataError(split_file, str(err)) from None
     else:
         try:
             names = split_names(by_name, val_fraction, test_fraction, seed, fold, num_folds)

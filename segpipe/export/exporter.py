@@ -18,10 +18,11 @@ import segpipe
 from segpipe.config import data_init_args, read_config
 from segpipe.errors import ExportError
 from segpipe.export.checkpoint import build_network, load_checkpoint, model_hparams
-from segpipe.export.metadata import preprocessing
+from segpipe.export.metadata import preprocessing, stored_preprocessing_plan
 from segpipe.export.onnx_format import INPUT_NAME, OUTPUT_NAME, SPATIAL_NAMES, onnx_runner, save_onnx
 from segpipe.export.torchscript_format import save_torchscript, torchscript_runner
 from segpipe.export.traceable import plan_export
+from segpipe.preprocessing.plan import PLAN_KEY
 
 ExportFormat = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
@@ -137,6 +138,8 @@ def export_checkpoint(
     path = Path(output) if output is not None else default_output(ckpt, fmt)
     sidecar = path.with_name(path.name + ".json")
     metadata = build_metadata(hp, prep, fmt, example_shape, plan.dynamic_spatial, plan.note, Path(ckpt).name)
+    if (volume_plan := stored_preprocessing_plan(checkpoint)) is not None:
+        metadata[PLAN_KEY] = volume_plan  # what `segpipe predict --onnx` preprocesses volumes with
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
     extra: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from typing import Any, get_args
 from segpipe.config import training_patch_size
 from segpipe.errors import ExportError
 from segpipe.preprocessing.normalize import Normalization
+from segpipe.preprocessing.plan import PLAN_KEY
 
 DEFAULT_NORMALIZATION = "zscore"
 # What each mode does, as a deployment must repeat it (segpipe.preprocessing.normalize, data.volumes).
@@ -122,3 +123,12 @@ def preprocessing(
         "patch_size_source": patch_source,
         "sliding_window": window,
     }
+
+
+def stored_preprocessing_plan(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The resolved volume preprocessing plan a VolumeDataModule saved in ``checkpoint`` (its state under
+    the DataModule's class name holds ``preprocessing_plan``), or None for 2D models and older files."""
+    for value in checkpoint.values():
+        if isinstance(value, Mapping) and isinstance(value.get(PLAN_KEY), Mapping):
+            return dict(value[PLAN_KEY])
+    return None

@@ -67,6 +67,49 @@ def _image(kind: type[nib.Nifti1Image], array: np.ndarray, affine: np.ndarray, h
     return kind(array, affine, header)
 
 
+def restore_prediction(probabilities: torch.Tensor, geometry: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
+    """Class probabilities and labels on the input file's grid.
+
+    Args:
+        probabilities: (K, *resampled_shape) class probabilities on the preprocessed grid (any device;
+            mapped back on the CPU).
+        geometry: the item's record (``item["geometry"]``).
+
+    Returns:
+        (K, X, Y, Z) float32 probabilities and their argmax, (X, Y, Z) labels of :func:`label_dtype`, both
+        on the grid of ``geometry["source"]`` in its voxel order.
+    """
+    num_classes = int(probabilities.shape[0])
+    background = torch.zeros(num_classes)
+    background[0] = 1.0  # outside the crop box: class 0 with certainty
+    # On the host, as nnU-Net exports: the file is written from host memory anyway, and the accelerator's
+    # memory stays free for the next case (a full-resolution (K, X, Y, Z) float volume).
+    restored = restore_geometry(probabilities.detach().float().cpu(), geometry, fill=background.tolist())
+    return restored, restored.argmax(0).numpy().astype(label_dtype(num_classes))
+
+
+def probabilities_output(output_dir: Path, name: str, restored: torch.Tensor) -> tuple[Path, np.ndarray]:
+    """``output_dir/<name>_probabilities.nii.gz`` and its (X, Y, Z, K) float32 array from (K, X, Y, Z)."""
+    channels_last = np.ascontiguousarray(restored.permute(1, 2, 3, 0).numpy(), dtype=np.float32)
+    return output_dir / f"{name}{PROBABILITIES_SUFFIX}.nii.gz", channels_last
+
+
+def write_nifti_outputs(outputs: list[tuple[Path, np.ndarray]], geometry: dict[str, Any]) -> list[Path]:
+    """Write each (path, array on the input's grid) as NIfTI with the input's header (:func:`reference_header`).
+
+    Raises:
+        DataError: when an output would overwrite its own input file (before anything is written).
+    """
+    source = Path(geometry["source"]).resolve()
+    for path, _ in outputs:
+        if path.resolve() == source:
+            raise DataError(path, "would overwrite the input volume; choose another --predict_writer.output_dir")
+    kind, affine, header = reference_header(geometry["source"], np.asarray(geometry["affine"]))
+    for path, array in outputs:
+        write_nifti(path, _image(kind, array, affine, header))
+    return [path for path, _ in outputs]
+
+
 def write_volume_prediction(
     output_dir: str | Path,
     name: str,
@@ -92,22 +135,8 @@ def write_volume_prediction(
         DataError: when an output would overwrite its own input file.
     """
     output_dir = Path(output_dir)
-    num_classes = int(probabilities.shape[0])
-    background = torch.zeros(num_classes)
-    background[0] = 1.0  # outside the crop box: class 0 with certainty
-    # On the host, as nnU-Net exports: the file is written from host memory anyway, and the accelerator's
-    # memory stays free for the next case (a full-resolution (K, X, Y, Z) float volume).
-    restored = restore_geometry(probabilities.detach().float().cpu(), geometry, fill=background.tolist())
-    labels = restored.argmax(0).numpy().astype(label_dtype(num_classes))
-    kind, affine, header = reference_header(geometry["source"], np.asarray(geometry["affine"]))
+    restored, labels = restore_prediction(probabilities, geometry)
     outputs = [(output_dir / f"{name}.nii.gz", labels)]
     if save_probabilities:
-        channels_last = np.ascontiguousarray(restored.permute(1, 2, 3, 0).numpy(), dtype=np.float32)
-        outputs.append((output_dir / f"{name}{PROBABILITIES_SUFFIX}.nii.gz", channels_last))
-    source = Path(geometry["source"]).resolve()
-    for path, _ in outputs:
-        if path.resolve() == source:
-            raise DataError(path, "would overwrite the input volume; choose another --predict_writer.output_dir")
-    for path, array in outputs:
-        write_nifti(path, _image(kind, array, affine, header))
-    return [path for path, _ in outputs]
+        outputs.append(probabilities_output(output_dir, name, restored))
+    return write_nifti_outputs(outputs, geometry)

@@ -203,16 +203,28 @@ def _check_slice_spacing(path: Path, positions: list[str], normal: np.ndarray) -
         )
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def dicom_series_files(path: str | Path) -> list[str]:
+    """The files of the one DICOM series in folder ``path``, in slice order (GDCM's, by position): the
+    files whose slices :func:`read_volume` stacks along z.
+
+    Raises:
+        DataError: naming ``path``, when it holds no DICOM series or more than one.
+    """
+    path = Path(path)
     with _itk_quiet():
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
         if not series:
             raise DataError(path, "is a folder without a DICOM series (expected a volume file or DICOM slices)")
         files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid) for uid in series}
-        if len(series) > 1:
-            found = ", ".join(f"{uid} ({len(names)} slices)" for uid, names in files.items())
-            raise DataError(path, f"holds {len(series)} DICOM series ({found}); put each series in its own folder")
-        names = files[series[0]]
+    if len(series) > 1:
+        found = ", ".join(f"{uid} ({len(names)} slices)" for uid, names in files.items())
+        raise DataError(path, f"holds {len(series)} DICOM series ({found}); put each series in its own folder")
+    return list(files[series[0]])
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    names = dicom_series_files(path)
+    with _itk_quiet():
         first = sitk.ImageFileReader()
         first.SetFileName(names[0])
         first.ReadImageInformation()

@@ -1,4 +1,5 @@
-"""Segmentation losses: Dice, cross-entropy and their weighted sum, with class weights and ignore_index."""
+"""Segmentation losses: Dice, cross-entropy, focal, Tversky and their sums with Dice, with class weights and
+ignore_index."""
 
 from segpipe.losses.segmentation import LossName, SegmentationLoss
 

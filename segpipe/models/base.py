@@ -5,14 +5,18 @@ cropping the logits back, in one place (used by the networks and, through them, 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
+def pad_to_stride(x: torch.Tensor, stride: int | Sequence[int]) -> torch.Tensor:
     """Zero-pad (B, C, *S) at the end of each spatial dim to the next multiple of ``stride``.
+
+    ``stride`` is one value for every axis or one per spatial axis (networks that pool some axes less,
+    for anisotropic volumes).
 
     The amounts are computed from ``x.shape``. While tracing or exporting, the input is always padded
     (possibly by zero), so the graph has no size-dependent branch and pads every input size correctly,
@@ -20,13 +24,17 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     (no copy).
 
     Raises:
-        ValueError: if ``stride`` < 1.
+        ValueError: if a stride is < 1, or ``stride`` does not have one value per spatial axis.
     """
-    if stride < 1:
+    strides = [stride] * (x.dim() - 2) if isinstance(stride, int) else list(stride)
+    if len(strides) != x.dim() - 2:
+        raise ValueError(f"stride {tuple(strides)} needs one value per spatial axis of an input {tuple(x.shape)}")
+    if min(strides) < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     pads: list[int] = []
     for dim in range(x.dim() - 1, 1, -1):
-        pads += [0, (stride - x.shape[dim] % stride) % stride]
+        axis_stride = strides[dim - 2]
+        pads += [0, (axis_stride - x.shape[dim] % axis_stride) % axis_stride]
     if not _recording_graph() and not any(pads):
         return x
     return F.pad(x, pads)
@@ -42,13 +50,14 @@ def crop_to(x: torch.Tensor, spatial_shape: tuple[int, ...] | torch.Size) -> tor
 
 
 class StridedNet(nn.Module, abc.ABC):
-    """A network whose feature maps halve ``log2(stride)`` times and that takes inputs of any size.
+    """A network whose feature maps shrink by a total factor ``stride`` and that takes inputs of any size.
 
     :meth:`forward` zero-pads (B, C, *S) to a multiple of :attr:`stride`, runs :meth:`forward_padded` and
-    crops its logits back to (B, K, *S). Subclasses set ``stride`` and implement :meth:`forward_padded`.
+    crops its logits back to (B, K, *S). Subclasses set ``stride`` (one int, or one per spatial axis) and
+    implement :meth:`forward_padded`.
     """
 
-    stride: int
+    stride: int | tuple[int, ...]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, *S) for an input (B, C, *S) of any spatial size S."""

@@ -6,6 +6,7 @@ Shapes follow MONAI: tensors are (B, C, H, W) for ``spatial_dims=2`` and (B, C, 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -14,11 +15,20 @@ from torch import nn
 
 Norm = Literal["batch", "instance", "group"] | None
 UpsampleMode = Literal["transpose", "interp"]
+Size = int | Sequence[int]
+"""One size for every spatial axis, or one per axis (nnU-Net's anisotropic kernels and strides)."""
 
 
 def _check_dims(spatial_dims: int) -> None:
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+
+
+def half_kernel(kernel_size: Size) -> int | tuple[int, ...]:
+    """The padding that keeps the size under an odd ``kernel_size``, per axis when it is given per axis."""
+    if isinstance(kernel_size, int):
+        return kernel_size // 2
+    return tuple(k // 2 for k in kernel_size)
 
 
 def conv_layer(spatial_dims: int) -> type[nn.Module]:
@@ -52,20 +62,23 @@ def norm_layer(norm: Norm, spatial_dims: int, channels: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Sequential):
-    """Convolution, optional normalisation, ReLU. The bias is dropped when a norm follows."""
+    """Convolution, optional normalisation, ReLU. The bias is dropped when a norm follows.
+
+    ``kernel_size`` and ``padding`` are one size or one per axis; ``padding=None`` keeps odd kernels' size.
+    """
 
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        padding: int | None = None,
+        kernel_size: Size = 3,
+        padding: Size | None = None,
         stride: int = 1,
         norm: Norm = "batch",
         act: bool = True,
     ) -> None:
-        padding = kernel_size // 2 if padding is None else padding
+        padding = half_kernel(kernel_size) if padding is None else padding
         conv = conv_layer(spatial_dims)(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=norm is None
         )
@@ -76,7 +89,11 @@ class ConvNormAct(nn.Sequential):
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 ConvNormAct layers: the unit of every U-Net level."""
+    """Two 3x3 ConvNormAct layers: the unit of every U-Net level.
+
+    ``kernel_size`` per axis (e.g. ``(3, 3, 1)``) gives nnU-Net's in-plane convolutions for the first
+    levels of very anisotropic volumes.
+    """
 
     def __init__(
         self,
@@ -86,11 +103,12 @@ class DoubleConv(nn.Sequential):
         norm: Norm = "batch",
         padded: bool = True,
         dropout: float = 0.0,
+        kernel_size: Size = 3,
     ) -> None:
-        pad = 1 if padded else 0
+        pad = half_kernel(kernel_size) if padded else 0
         layers: list[nn.Module] = [
-            ConvNormAct(spatial_dims, in_channels, out_channels, 3, pad, norm=norm),
-            ConvNormAct(spatial_dims, out_channels, out_channels, 3, pad, norm=norm),
+            ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size, pad, norm=norm),
+            ConvNormAct(spatial_dims, out_channels, out_channels, kernel_size, pad, norm=norm),
         ]
         if dropout > 0:
             layers.append((nn.Dropout2d if spatial_dims == 2 else nn.Dropout3d)(dropout))
@@ -98,22 +116,31 @@ class DoubleConv(nn.Sequential):
 
 
 class Upsample(nn.Module):
-    """Double the spatial size and map ``in_channels`` to ``out_channels``.
+    """Multiply the spatial size by ``scale`` (2, or one factor per axis) and map ``in_channels`` to ``out_channels``.
 
-    ``transpose`` learns a stride-2 transposed convolution ("up-convolution" in Ronneberger et al.);
-    ``interp`` uses (bi/tri)linear interpolation followed by a 1x1 convolution, which avoids
-    checkerboard artefacts.
+    ``transpose`` learns a transposed convolution with kernel = stride = ``scale`` ("up-convolution" in
+    Ronneberger et al.); ``interp`` uses (bi/tri)linear interpolation followed by a 1x1 convolution,
+    which avoids checkerboard artefacts.
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, mode: UpsampleMode = "transpose"
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        mode: UpsampleMode = "transpose",
+        scale: Size = 2,
     ) -> None:
         super().__init__()
         if mode == "transpose":
-            self.up: nn.Module = conv_transpose_layer(spatial_dims)(in_channels, out_channels, kernel_size=2, stride=2)
+            self.up: nn.Module = conv_transpose_layer(spatial_dims)(
+                in_channels, out_channels, kernel_size=scale, stride=scale
+            )
         elif mode == "interp":
+            factor = scale if isinstance(scale, int) else tuple(float(f) for f in scale)
+            mode_name = "bilinear" if spatial_dims == 2 else "trilinear"
             self.up = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="bilinear" if spatial_dims == 2 else "trilinear", align_corners=False),
+                nn.Upsample(scale_factor=factor, mode=mode_name, align_corners=False),
                 conv_layer(spatial_dims)(in_channels, out_channels, kernel_size=1),
             )
         else:

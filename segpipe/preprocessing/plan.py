@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# The key a resolved plan is stored under: in a VolumeDataModule's checkpoint state, and in the metadata
+# of an exported network (segpipe export -> segpipe predict --onnx).
+PLAN_KEY = "preprocessing_plan"
 # Field metadata of the decisions that do not change the preprocessed volume (not in the cache key).
 SAMPLING = {"sampling": True}
 

@@ -8,8 +8,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import onnx
 import pytest
+from PIL import Image
+
+from segpipe.io.volumes import write_volume
 
 HEAVY = ("monai", "SimpleITK", "mlflow", "nibabel", "matplotlib")
 
@@ -52,3 +59,50 @@ def test_subcommand_help_builds_no_lightning_cli_and_loads_no_heavy_library(comm
         "print(json.dumps({'code': code, 'usage': out.getvalue().split()[:3], 'heavy': heavy}))"
     )
     assert loaded_after(code) == {"code": 0, "usage": ["usage:", "segpipe", command], "heavy": []}
+
+
+def conv_model(path: Path, spatial_dims: int, metadata: dict) -> Path:
+    """A one-layer ONNX network carrying segpipe ``metadata``: logits (x, 0.5 - x) of the intensity x."""
+    kernel = onnx.numpy_helper.from_array(np.array([1.0, -1.0], np.float32).reshape(2, 1, *[1] * spatial_dims), "w")
+    bias = onnx.numpy_helper.from_array(np.array([0.0, 0.5], np.float32), "bias")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["image", "w", "bias"], ["logits"])],
+        "conv",
+        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["b", 1, *"xyz"[:spatial_dims]])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", 2, *"xyz"[:spatial_dims]])],
+        [kernel, bias],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(model, {"segpipe": json.dumps(metadata)})
+    onnx.save(model, str(path))
+    return path
+
+
+# segpipe.data (its DataModules) and segpipe.inference (MaskWriter) import their Lightning exports on first
+# use (PEP 562 __getattr__): the ONNX path imports these packages' plain modules only.
+def test_onnx_predict_of_images_and_volumes_loads_no_lightning(tmp_path: Path):
+    common = {"num_classes": 2, "in_channels": 1, "input": {"name": "image"}, "output": {"name": "logits"}}
+    image_model = conv_model(tmp_path / "2d.onnx", 2, {**common, "spatial_dims": 2, "normalization": {"mode": "none"}})
+    plan = {"orientation": None, "spacing": None, "normalization": "none"}
+    metadata = {**common, "spatial_dims": 3, "normalization": {"mode": "none"}, "preprocessing_plan": plan}
+    volume_model = conv_model(tmp_path / "3d.onnx", 3, metadata)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.array([[0, 9], [7, 0]], np.uint8)).save(tmp_path / "images" / "a.png")
+    volume = np.zeros((3, 2, 2), np.float32)
+    volume[1] = 5.0
+    write_volume(tmp_path / "v.nii.gz", volume, np.diag([2.0, 1.0, 1.5, 1.0]))
+    code = (
+        "import json, sys\n"
+        "from segpipe.cli import main\n"
+        f"codes = [main(['predict', '--onnx', {str(image_model)!r}, '--input', {str(tmp_path / 'images')!r},\n"
+        f"               '--output', {str(tmp_path / 'out')!r}]),\n"
+        f"         main(['predict', '--onnx', {str(volume_model)!r}, '--input', {str(tmp_path / 'v.nii.gz')!r},\n"
+        f"               '--output', {str(tmp_path / 'out')!r}])]\n"
+        "print(json.dumps({'codes': codes, 'lightning': [m for m in sys.modules if m.split('.')[0] == 'lightning']}))"
+    )
+    assert loaded_after(code) == {"codes": [0, 0], "lightning": []}
+    # class 1 where the raw intensity is below 0.25
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), [[1, 0], [0, 1]])
+    written = nib.load(tmp_path / "out" / "v.nii.gz")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), (volume <= 0).astype(np.uint8))
+    np.testing.assert_array_equal(written.affine, np.diag([2.0, 1.0, 1.5, 1.0]))

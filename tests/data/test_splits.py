@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from segpipe.data.sources.pairing import Case
-from segpipe.data.splits import shuffled_split, split_cases, split_names, stratified_split
+from segpipe.data.splits import named_splits, shuffled_split, split_cases, split_names, stratified_split
+from segpipe.errors import DataError
 
 NAMES = [f"c{i:02d}" for i in range(11)]
 
@@ -57,3 +59,17 @@ def test_bad_fractions_are_refused_by_every_splitter():
         split_names(NAMES, 0.6, 0.5, seed=0, fold=0)
     with pytest.raises(ValueError, match="sum to less than 1"):
         split_cases(NAMES, 0.6, 0.5, seed=0, key=str)
+
+
+def test_a_fold_of_a_split_file_cuts_its_train_and_val_cases_and_keeps_its_test_cases(tmp_path: Path):
+    names = [f"case{i}" for i in range(10)]
+    split_file = tmp_path / "split.yaml"
+    split_file.write_text(yaml.safe_dump({"train": names[:6], "val": names[6:8], "test": names[8:]}))
+    folds = [named_splits(names, str, tmp_path, split_file, 0.2, 0.0, 3, fold, 4) for fold in range(4)]
+    assert all(f["test"] == ["case8", "case9"] for f in folds)
+    vals = [v for f in folds for v in f["val"]]
+    assert sorted(vals) == names[:8]  # every train/val case validates once across the folds
+    for f in folds:
+        assert sorted(f["train"] + f["val"]) == names[:8] and not set(f["train"]) & set(f["val"])
+    with pytest.raises(DataError, match="cannot be cut into 9 folds"):
+        named_splits(names, str, tmp_path, split_file, 0.2, 0.0, 3, 0, 9)

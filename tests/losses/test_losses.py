@@ -66,6 +66,6 @@ def test_ignore_index_pixels_do_not_change_the_loss():
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown loss"):
-        SegmentationLoss("focal", 2)  # type: ignore[arg-type]
+        SegmentationLoss("lovasz", 2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="class_weights has 2 values"):
         SegmentationLoss("ce", 3, class_weights=[1.0, 2.0])

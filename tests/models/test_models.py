@@ -305,7 +305,8 @@ def test_a_mistyped_model_option_names_the_key_a_suggestion_and_the_valid_option
         build_model("unet", 2, 1, 2, dept=3)
     assert str(error.value) == (
         "model 'unet' has no option 'dept' in model_kwargs (did you mean 'depth'?); its options, with their "
-        "defaults: depth=4, base_channels=64, norm='batch', upsample='transpose', padded=True, dropout=0.0"
+        "defaults: depth=4, base_channels=64, norm='batch', upsample='transpose', padded=True, dropout=0.0, "
+        "pool_sizes=None, kernel_sizes=None"
     )
     with pytest.raises(SegpipeError, match=r"set it as model\.in_channels, not inside model_kwargs"):
         check_model_options("unet", {"in_channels": 3})

@@ -119,5 +119,6 @@ def test_the_best_score_is_the_running_maximum_and_travels_in_the_checkpoint():
 def test_the_help_lists_every_architecture_with_its_options():
     doc = SegmentationTask.__doc__ or ""
     assert "MODEL_OPTIONS" not in doc
-    assert "unet: depth=4, base_channels=64, norm='batch', upsample='transpose', padded=True, dropout=0.0;" in doc
+    unet = "unet: depth=4, base_channels=64, norm='batch', upsample='transpose', padded=True, dropout=0.0, "
+    assert unet + "pool_sizes=None, kernel_sizes=None;" in doc
     assert "fc_densenet56: dropout=0.2, norm='batch';" in doc and "encoder_fcn: encoder='resnet34'" in doc

@@ -46,8 +46,9 @@ from segpipe.preprocessing.cache import VolumeCache
 from segpipe.preprocessing.fingerprint import foreground_intensity_statistics, median_spacing
 from segpipe.preprocessing.geometry import VolumeGeometryd
 from segpipe.preprocessing.intensity import CTStatistics, VolumeNormalization, check_ct_settings
-from segpipe.preprocessing.plan import PreprocessingPlan
+from segpipe.preprocessing.plan import PLAN_KEY, PreprocessingPlan
 from segpipe.preprocessing.steps import volume_preprocessing
+from segpipe.transforms.augment3d import resolve_augmentation
 
 __all__ = ["VolumeDataModule", "VolumeNormalization", "collate_volumes"]
 
@@ -134,6 +135,11 @@ class VolumeDataModule(DataChecks, SplitDataModule):
             ``training_mode: slices``; 2 (z: axial slices of RAS volumes) by default. It must equal the
             task's ``slice_axis``, which scores val/test volumes slice by slice.
         predict_dir: folder of volumes for ``segpipe predict`` (default for nnU-Net: ``imagesTs/``).
+        augmentation: random transforms of the training windows (see docs/augmentation.md): a list of MONAI
+            dictionary transforms by name with their arguments, ``default`` (nnU-Net's set,
+            :data:`~segpipe.transforms.augment3d.DEFAULT_3D_AUGMENTATION`) or null (none). They run on a
+            window cropped larger than ``patch_size`` and centre-cropped to it, seeded per sample; with
+            ``training_mode: slices`` their 2D counterparts run on the slices.
 
     Raises:
         ValueError: for a patch size that is not 3 positive values (2 with ``training_mode: slices``),
@@ -141,6 +147,8 @@ class VolumeDataModule(DataChecks, SplitDataModule):
             ``fold`` outside 0..num_folds-1, ``slice_axis`` outside 0..2, or ``ct`` normalisation
             without one valid window or percentile pair or with ``ct_std <= 0``, bad axis codes, spacings
             or interpolation order, or a negative margin.
+        SegpipeError: from :meth:`check_for` and :meth:`setup`, for an augmentation entry that cannot be
+            built (one line naming it and the valid names or arguments).
     """
 
     def __init__(
@@ -176,6 +184,7 @@ class VolumeDataModule(DataChecks, SplitDataModule):
         training_mode: TrainingMode = "patches",
         slice_axis: int = 2,
         predict_dir: str | None = None,
+        augmentation: Sequence[dict[str, Any]] | Literal["default"] | None = None,
     ) -> None:
         super().__init__()
         # Into checkpoints (plain values only: they are read with weights_only=True); not logged, so the
@@ -183,7 +192,12 @@ class VolumeDataModule(DataChecks, SplitDataModule):
         self.save_hyperparameters(logger=False)
         # Every setting is checked now rather than in a worker.
         self.sampling = PatchSampling(
-            tuple(patch_size), samples_per_volume, foreground_fraction, training_mode, slice_axis
+            tuple(patch_size),
+            samples_per_volume,
+            foreground_fraction,
+            training_mode,
+            slice_axis,
+            tuple(resolve_augmentation(augmentation)),
         )
         if cache not in (True, False, "none", "memory", "disk"):
             raise ValueError(f"cache must be 'none', 'memory' or 'disk', got {cache!r}")
@@ -376,6 +390,11 @@ class VolumeDataModule(DataChecks, SplitDataModule):
             )
         return self._plan
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the DataModule: the resolved plan (``preprocessing_plan``), once
+        computed, so that an exported network preprocesses new volumes as in training (segpipe export)."""
+        return {PLAN_KEY: self._plan.to_dict()} if self._plan is not None else {}
+
     def preprocessing(self) -> list[Transform]:
         """The deterministic steps from file to training-ready volume (see
         :func:`segpipe.preprocessing.steps.volume_preprocessing`); random steps are in :attr:`sampling`."""
@@ -430,8 +449,12 @@ class VolumeDataModule(DataChecks, SplitDataModule):
 
     # ---- model checks --------------------------------------------------------------------------------
     def check_for(self, model: ModelRequirements, stage: str) -> None:
-        """Refuse a network that does not fit the training mode, then build and validate the data."""
+        """Refuse a network that does not fit the training mode or a bad augmentation entry, then build and
+        validate the data."""
         self.check_model(model.spatial_dims, model.slice_axis)
+        # Checked here rather than in __init__: the CLI reports a SegpipeError raised in a constructor
+        # wrapped in jsonargparse's several-line message.
+        self.sampling.augmentation_steps()
         super().check_for(model, stage)
 
     def check_model(self, spatial_dims: int, slice_axis: int = 2) -> None:

@@ -1,0 +1,87 @@
+"""The ``data:`` section of a plan: the DataModule that reads the fingerprinted dataset, with the planned
+patch, batch, normalisation and augmentation."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from segpipe.planning.augmentation import augmentation_2d, augmentation_3d
+from segpipe.planning.fingerprint import DatasetFingerprint
+
+CT_PERCENTILES = [0.5, 99.5]
+
+
+def loader_workers() -> int:
+    """DataLoader workers: one core left to the training process, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def normalization(fingerprint: DatasetFingerprint) -> tuple[dict[str, Any], str]:
+    """The intensity normalisation arguments of the DataModule, and why."""
+    if fingerprint.layout == "folder":
+        if fingerprint.shared_intensity_scale:
+            spread = max(fingerprint.foreground_mean_spread)
+            return {"normalization": "dataset"}, (
+                f"images share one intensity scale (foreground means vary by {spread:.0%}): z-score with the "
+                "training pixels' mean/std, computed at setup"
+            )
+        return {"normalization": "zscore"}, "images differ in intensity scale: z-score per image"
+    if fingerprint.modality is not None and any(m.upper() == "CT" for m in fingerprint.modality):
+        arguments = {"normalization": "ct", "ct_percentiles": CT_PERCENTILES, "ct_statistics": "dataset"}
+        return arguments, "CT (dataset.json): clip to the foreground's 0.5/99.5 percentiles, z-score (nnU-Net)"
+    return {"normalization": "zscore"}, "not CT: z-score per volume and channel (nnU-Net's MR scheme)"
+
+
+def folder_data(fingerprint: DatasetFingerprint, patch: list[int], batch_size: int) -> dict[str, Any]:
+    """``FolderDataModule`` init_args; images larger than ``patch`` (or of several sizes) are cropped to it."""
+    arguments, _ = normalization(fingerprint)
+    transforms = augmentation_2d()
+    same_size = all(shape == fingerprint.shapes[0] for shape in fingerprint.shapes)
+    crop = not same_size or any(s > p for s, p in zip(fingerprint.shapes[0], patch, strict=True))
+    if crop:
+        height, width = patch
+        transforms = [
+            {"name": "PadIfNeeded", "min_height": height, "min_width": width, "border_mode": 0},
+            {"name": "RandomCrop", "height": height, "width": width},
+            *transforms,
+        ]
+    init_args: dict[str, Any] = {
+        "root": fingerprint.root,
+        "batch_size": batch_size,
+        "num_workers": loader_workers(),
+        **arguments,
+        "train_transforms": transforms,
+    }
+    if not same_size:
+        init_args["eval_batch_size"] = 1
+    return {"class_path": "segpipe.data.FolderDataModule", "init_args": init_args}
+
+
+def volume_data(
+    fingerprint: DatasetFingerprint,
+    patch: list[int],
+    batch_size: int,
+    spacing: list[float],
+    slice_axis: int | None,
+) -> dict[str, Any]:
+    """``VolumeDataModule`` init_args: 3D patches, or 2D slices along ``slice_axis``."""
+    arguments, _ = normalization(fingerprint)
+    coarse = max(range(3), key=lambda axis: spacing[axis])
+    anisotropic = fingerprint.anisotropy > 3
+    init_args: dict[str, Any] = {
+        "root": fingerprint.root,
+        "layout": fingerprint.layout,
+        "patch_size": patch,
+        "batch_size": batch_size,
+        "samples_per_volume": 1,
+        "foreground_fraction": 0.33,
+        "spacing": spacing,
+        **arguments,
+        "cache": "disk",
+        "num_workers": loader_workers(),
+        "augmentation": augmentation_3d([coarse] if anisotropic else [0, 1, 2]),
+    }
+    if slice_axis is not None:
+        init_args.update(training_mode="slices", slice_axis=slice_axis)
+    return {"class_path": "segpipe.data.VolumeDataModule", "init_args": init_args}
