@@ -34,26 +34,10 @@ from vs_nnunet.segpipe_side import run_segpipe
 from vs_nnunet.table import TOOLS, markdown_table, score, table_rows
 
 from segpipe.errors import SegpipeError
+from segpipe.planning.budget import parse_duration
 
 DEFAULT_SETS = "mni2d,mni3d,brainmask,mni3d_aniso"
 NICENESS = 10
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-
-
-def budget_seconds(text: str) -> float:
-    """``90s``, ``3m``, ``1h`` or a plain number of seconds, as seconds.
-
-    Raises:
-        SegpipeError: for another form or a budget that is not positive.
-    """
-    value, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
-    try:
-        seconds = float(value) * _UNITS[unit]
-    except ValueError:
-        raise SegpipeError(f"--budget {text!r}: expected e.g. 90s, 3m or 1h") from None
-    if seconds <= 0:
-        raise SegpipeError(f"--budget {text!r} must be positive")
-    return seconds
 
 
 def run_tool(tool: str, work: Path, set_name: str, budget: str) -> dict[str, object]:
@@ -62,14 +46,14 @@ def run_tool(tool: str, work: Path, set_name: str, budget: str) -> dict[str, obj
     predictions = work / "predictions" / f"{set_name}_{tool}"
     load_before = os.getloadavg()[0]
     if tool == "nnunet":
-        times = run_nnunet(work, spec, budget_seconds(budget), predictions)
+        times = run_nnunet(work, spec, parse_duration(budget), predictions)
     else:
         times = run_segpipe(work, spec, budget, predictions)
     labels = work / "nnUNet_raw" / spec.folder_name / "labelsTs"
     result = {
         "set": set_name,
         "tool": tool,
-        "budget_s": budget_seconds(budget),
+        "budget_s": parse_duration(budget),
         **score(predictions, labels, spec.class_names),
         **times,
         # The machine may be shared: the 1-minute load average before and after says how much it was.
@@ -93,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in SETS]
     if unknown:
         parser.error(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(SETS)}")
-    budget_seconds(args.budget)
+    parse_duration(args.budget)
     os.nice(max(0, NICENESS - os.nice(0)))
     work = args.work.resolve()
     tools = TOOLS if args.tool == "both" else (args.tool,)

@@ -3,7 +3,6 @@ and the table's arithmetic. nnU-Net itself is not installed here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -24,14 +23,6 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from vs_nnunet import datasets, segpipe_side, table  # noqa: E402
 from vs_nnunet.datasets import SETS, Case, block_affine, block_mean, write_raw_dataset  # noqa: E402
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("vs_nnunet_main", BENCHMARKS / "vs_nnunet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_block_mean_averages_blocks_and_the_affine_centres_them():
@@ -158,13 +149,3 @@ def test_best_checkpoint_is_the_newest_best_under_the_run_folder(tmp_path):
     assert segpipe_side.best_checkpoint(tmp_path) == newer
     with pytest.raises(SegpipeError, match="no best"):
         segpipe_side.best_checkpoint(tmp_path / "outputs" / "2")
-
-
-def test_budget_seconds():
-    script = _script()
-    assert script.budget_seconds("3m") == 180
-    assert script.budget_seconds("90s") == 90
-    assert script.budget_seconds("45") == 45
-    for bad in ("3x", "-1m", "m"):
-        with pytest.raises(SegpipeError):
-            script.budget_seconds(bad)
