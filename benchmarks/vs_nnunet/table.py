@@ -47,8 +47,9 @@ def score(predictions: Path, labels: Path, class_names: Sequence[str]) -> dict[s
 
 
 def table_rows(results: Mapping[str, Mapping[str, Mapping[str, object] | None]]) -> list[dict[str, object]]:
-    """One row per set from ``results[set][tool]`` (None: not run): the budget, each tool's Dice and stage
-    times, and ``segpipe_minus_nnunet`` (None unless both ran)."""
+    """One row per set from ``results[set][tool]`` (None: not run): the budget, each tool's Dice, stage
+    times and the higher of the machine's 1-minute load averages before and after its run, and
+    ``segpipe_minus_nnunet`` (None unless both ran)."""
     rows = []
     for set_name, by_tool in results.items():
         row: dict[str, object] = {"set": set_name}
@@ -58,6 +59,8 @@ def table_rows(results: Mapping[str, Mapping[str, Mapping[str, object] | None]])
             row[f"{tool}_dice"] = result["dice"] if result else None
             for stage in STAGES:
                 row[f"{tool}_{stage}"] = result[stage] if result else None
+            loads = result.get("load_1min") if result else None
+            row[f"{tool}_load"] = max(loads) if loads else None  # type: ignore[arg-type]
         both = row["nnunet_dice"] is not None and row["segpipe_dice"] is not None
         row["segpipe_minus_nnunet"] = float(row["segpipe_dice"]) - float(row["nnunet_dice"]) if both else None  # type: ignore[arg-type]
         rows.append(row)
@@ -69,17 +72,17 @@ def _cell(value: object, digits: int) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
-    """The table as Markdown: Dice to 4 places, times in seconds as plan / train / predict."""
+    """The table as Markdown: Dice to 4 places, times in seconds as plan / train / predict, loads to 0.1."""
     header = (
         "| set | budget (s) | nnU-Net Dice | segpipe Dice | segpipe - nnU-Net "
-        "| nnU-Net plan / train / predict (s) | segpipe plan / train / predict (s) |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| nnU-Net plan / train / predict (s) | segpipe plan / train / predict (s) | load nnU-Net / segpipe |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     lines = []
     for row in rows:
         times = {tool: " / ".join(_cell(row[f"{tool}_{stage}"], 0) for stage in STAGES) for tool in TOOLS}
         cells = [str(row["set"]), _cell(row["budget_s"], 0), _cell(row["nnunet_dice"], 4)]
         cells += [_cell(row["segpipe_dice"], 4), _cell(row["segpipe_minus_nnunet"], 4), times["nnunet"]]
-        cells.append(times["segpipe"])
+        cells += [times["segpipe"], " / ".join(_cell(row[f"{tool}_load"], 1) for tool in TOOLS)]
         lines.append("| " + " | ".join(cells) + " |")
     return header + "\n".join(lines) + "\n"

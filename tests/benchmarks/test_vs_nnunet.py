@@ -127,15 +127,15 @@ def test_score_uses_segpipe_evaluation_on_two_folders(tmp_path):
 def test_table_rows_and_markdown_leave_a_missing_tool_blank():
     times = {"budget_s": 180.0, "plan_s": 10.0, "train_s": 180.4, "predict_s": 5.6}
     results = {
-        "mni3d": {"nnunet": {"dice": 0.85, **times}, "segpipe": {"dice": 0.9, **times}},
+        "mni3d": {"nnunet": {"dice": 0.85, "load_1min": [7.5, 9.25], **times}, "segpipe": {"dice": 0.9, **times}},
         "mni2d": {"nnunet": {"dice": 0.9, **times}, "segpipe": None},
     }
     rows = table.table_rows(results)
     assert rows[0]["segpipe_minus_nnunet"] == pytest.approx(0.05)
     assert rows[1]["segpipe_minus_nnunet"] is None and rows[1]["segpipe_train_s"] is None
     lines = table.markdown_table(rows).splitlines()
-    assert lines[2] == "| mni3d | 180 | 0.8500 | 0.9000 | 0.0500 | 10 / 180 / 6 | 10 / 180 / 6 |"
-    assert lines[3] == "| mni2d | 180 | 0.9000 | - | - | 10 / 180 / 6 | - / - / - |"
+    assert lines[2] == "| mni3d | 180 | 0.8500 | 0.9000 | 0.0500 | 10 / 180 / 6 | 10 / 180 / 6 | 9.2 / - |"
+    assert lines[3] == "| mni2d | 180 | 0.9000 | - | - | 10 / 180 / 6 | - / - / - | - / - |"
 
 
 def test_best_checkpoint_is_the_newest_best_under_the_run_folder(tmp_path):
