@@ -34,6 +34,7 @@ from vs_nnunet.segpipe_side import run_segpipe
 from vs_nnunet.table import TOOLS, markdown_table, score, table_rows
 
 from segpipe.errors import SegpipeError
+from segpipe.io.atomic import write_text
 from segpipe.planning.budget import parse_duration
 
 DEFAULT_SETS = "mni2d,mni3d,brainmask,mni3d_aniso"
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {tool} Dice {result['dice']:.4f} {json.dumps(result['dice_per_class'])}", flush=True)
     rows = table_rows({name: {tool: load_result(work, name, tool) for tool in TOOLS} for name in names})
     text = markdown_table(rows)
-    (work / "vs_nnunet.md").write_text(f"{machine_description()}, {dt.date.today().isoformat()}\n\n{text}")
-    (work / "vs_nnunet.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(work / "vs_nnunet.md", f"{machine_description()}, {dt.date.today().isoformat()}\n\n{text}")
+    write_text(work / "vs_nnunet.json", json.dumps(rows, indent=2) + "\n")
     print(text)
     return 0
 

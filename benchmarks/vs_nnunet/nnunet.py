@@ -32,14 +32,19 @@ def torch_version() -> str:
 
 
 def ensure_environment(work: Path) -> Path:
-    """The ``bin`` folder of nnU-Net's environment, created with uv and the budget trainer copied into the
-    installed package on first use."""
+    """The ``bin`` folder of nnU-Net's environment, created with uv on first use, with the budget trainer
+    copied into the installed package.
+
+    Raises:
+        SegpipeError: naming the log of the uv command that failed.
+    """
     env = work / "nnunet-env"
     python = env / "bin" / "python"
+    logs = work / "logs"
     if not python.exists():
-        subprocess.run(["uv", "venv", "--quiet", "--python", "3.11", str(env)], check=True)
+        run_stage(["uv", "venv", "--python", "3.11", str(env)], logs / "nnunet-env-venv.log")
     packages = [f"nnunetv2=={NNUNET_VERSION}", f"torch=={torch_version()}"]
-    subprocess.run(["uv", "pip", "install", "--quiet", "--python", str(python), *packages], check=True)
+    run_stage(["uv", "pip", "install", "--python", str(python), *packages], logs / "nnunet-env-install.log")
     package = subprocess.run(
         [str(python), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
         check=True,
