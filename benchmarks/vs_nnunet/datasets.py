@@ -40,8 +40,8 @@ Labeler = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class SetSpec:
-    """One benchmark set: its nnU-Net dataset id, the configuration both tools train (``2d`` or ``3d``),
-    the source voxels averaged into one (X, Y, Z) and the axis its slabs are cut along."""
+    """One benchmark set: its name, nnU-Net dataset id, dimensionality (``2d``: one-slice cases for nnU-Net's
+    ``2d`` configuration; ``3d``: ``3d_fullres``), class names (background first) and a one-line description."""
 
     name: str
     dataset_id: int
