@@ -63,7 +63,7 @@ def make_plan(options: argparse.Namespace, started_at: float | None = None, star
     Raises:
         SegpipeError: a bad dataset (DataError names the file), budget, size or network.
     """
-    from segpipe.planning.budget import fit_to_budget, parse_duration
+    from segpipe.planning.budget import parse_duration, plan_within_budget
 
     budget = parse_duration(options.time_budget) if options.time_budget else None
     memory = parse_size(options.device_memory) if options.device_memory else None
@@ -74,10 +74,11 @@ def make_plan(options: argparse.Namespace, started_at: float | None = None, star
 
     fingerprint = dataset_fingerprint(options.dataset, layout=options.layout)
     # PlanError (a SegpipeError): an unknown network, dims the data cannot have, no patch within the memory
-    plan = plan_experiment(fingerprint, dims=options.dims, network=options.network, device_memory=memory)
     if budget is None:
-        return plan
-    return fit_to_budget(plan, budget, started_at=started_at, startup_s=startup_s)
+        return plan_experiment(fingerprint, dims=options.dims, network=options.network, device_memory=memory)
+    return plan_within_budget(
+        fingerprint, budget, options.dims, options.network, memory, started_at=started_at, startup_s=startup_s
+    )
 
 
 def with_plan_files(plan: ExperimentPlan, plan_file: Path) -> ExperimentPlan:

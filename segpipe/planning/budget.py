@@ -20,6 +20,7 @@ from segpipe.errors import SegpipeError
 from segpipe.planning.calibration import Calibration, calibrate
 
 if TYPE_CHECKING:
+    from segpipe.planning.fingerprint import DatasetFingerprint
     from segpipe.planning.planner import ExperimentPlan
 
 SAFETY_MARGIN = 0.10
@@ -28,6 +29,10 @@ VALIDATION_SHARE = 0.25  # validation (with its checkpoint writes) at most this 
 MIN_VALIDATIONS = 5  # model selection on the best epoch needs a few validation points
 CHECKPOINTS_PER_VALIDATION = 2  # last.ckpt and, when val/dice improved, the best checkpoint
 SANITY_VAL_BATCHES = 2  # Lightning's num_sanity_val_steps default
+# Fewest training steps a 3D plan should get in a budget before 2D slices are chosen instead: on the MNI152
+# slabs (benchmarks/vs_nnunet.py, 3 minutes on 2 CPU cores) whole-slab 3D patches trained 36 steps to Dice
+# 0.53, where slices of the same slabs train hundreds of steps.
+MIN_3D_STEPS = 250
 TIME_BUDGET_CALLBACK = "segpipe.callbacks.TimeBudget"
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?")
 
@@ -141,13 +146,66 @@ def fit_to_budget(
     Raises:
         SegpipeError: a budget too short for one step and one validation, or data the model cannot use.
     """
+    return _fit_to_budget(plan, budget_seconds, calibration_steps, started_at, startup_s)[0]
+
+
+def _fit_to_budget(
+    plan: ExperimentPlan, budget_seconds: float, calibration_steps: int, started_at: float | None, startup_s: float
+) -> tuple[ExperimentPlan, Schedule]:
     cal = calibrate(plan.config, calibration_steps)
     spent = time.monotonic() - started_at if started_at is not None else 0.0
     test_after_fit = bool(plan.config.get("test_after_fit", True))
     schedule = choose_schedule(cal, budget_seconds, spent + startup_s, test_after_fit)
     config = _with_schedule(plan.config, schedule, cal, budget_seconds)
     reasons = budget_reasons(cal, schedule, budget_seconds, spent if started_at is not None else None, startup_s)
-    return dataclasses.replace(plan, config=config, reasons={**plan.reasons, **reasons})
+    return dataclasses.replace(plan, config=config, reasons={**plan.reasons, **reasons}), schedule
+
+
+def prefer_slices(steps_3d: int, steps_slices: int) -> bool:
+    """Whether a budget is better spent on 2D slices than on 3D patches: when the 3D plan trains fewer than
+    :data:`MIN_3D_STEPS` steps and the slices plan more than it."""
+    return steps_3d < MIN_3D_STEPS and steps_slices > steps_3d
+
+
+def plan_within_budget(
+    fingerprint: DatasetFingerprint,
+    budget_seconds: float,
+    dims: str = "auto",
+    network: str = "unet",
+    device_memory: int | None = None,
+    *,
+    started_at: float | None = None,
+    startup_s: float = 0.0,
+) -> ExperimentPlan:
+    """The plan of :func:`~segpipe.planning.planner.plan_experiment` fitted to ``budget_seconds`` (see
+    :func:`fit_to_budget`); with ``dims: auto``, volumes whose 3D plan gets too few training steps in the
+    budget are planned as 2D slices instead (:func:`prefer_slices`; both plans are calibrated).
+
+    Raises:
+        SegpipeError: as :func:`fit_to_budget` and ``plan_experiment``.
+    """
+    from segpipe.planning.planner import PlanError, plan_experiment
+
+    plan = plan_experiment(fingerprint, dims=dims, network=network, device_memory=device_memory)
+    fitted, schedule = _fit_to_budget(plan, budget_seconds, 5, started_at, startup_s)
+    if dims != "auto" or plan.config["model"]["spatial_dims"] != 3:
+        return fitted
+    steps_3d = schedule.epochs * schedule.steps_per_epoch
+    if steps_3d >= MIN_3D_STEPS:
+        return fitted
+    try:
+        slices = plan_experiment(fingerprint, dims="slices", network=network, device_memory=device_memory)
+        fitted_slices, slice_schedule = _fit_to_budget(slices, budget_seconds, 5, started_at, startup_s)
+    except PlanError:
+        return fitted
+    steps_slices = slice_schedule.epochs * slice_schedule.steps_per_epoch
+    if not prefer_slices(steps_3d, steps_slices):
+        return fitted
+    reason = (
+        f"time budget: the 3D plan trains {steps_3d} steps (< {MIN_3D_STEPS}); 2D slices train {steps_slices} "
+        "(both calibrated here)"
+    )
+    return dataclasses.replace(fitted_slices, reasons={**fitted_slices.reasons, "data.init_args.training_mode": reason})
 
 
 def _with_schedule(config: dict[str, Any], schedule: Schedule, cal: Calibration, budget_s: float) -> dict[str, Any]:

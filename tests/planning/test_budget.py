@@ -8,6 +8,7 @@ import mlflow
 import pytest
 from builders import plan_of, tiny_config, write_dataset
 
+import segpipe.planning.budget as budget_module
 from segpipe.cli import main
 from segpipe.errors import SegpipeError
 from segpipe.planning.budget import choose_schedule, fit_to_budget, max_time_text, parse_duration
@@ -104,3 +105,36 @@ def test_calibrated_fit_lands_within_its_budget(tmp_path: Path, monkeypatch: pyt
     assert 0.5 * budget <= metrics["time/actual_fit_s"] <= 1.1 * budget
     assert metrics["memory/planned_bytes"] > 0
     assert "memory/first_step_bytes" in metrics
+
+
+def _steps_by_dims(steps: dict[int, int]):
+    """A stand-in for the calibration: each plan gets ``steps[spatial_dims]`` training steps in the budget."""
+
+    def fitted(plan, budget_seconds, calibration_steps, started_at, startup_s):
+        total = steps[plan.config["model"]["spatial_dims"]]
+        return plan, budget_module.Schedule(total, 1, 1, budget_seconds * 0.8, 0.0)
+
+    return fitted
+
+
+@pytest.mark.parametrize(("steps_3d", "dims"), [(36, 2), (400, 3)])
+def test_a_budget_too_short_for_3d_training_plans_2d_slices(steps_3d: int, dims: int, monkeypatch):
+    from test_planner import GiB, fingerprint
+
+    monkeypatch.setattr(budget_module, "_fit_to_budget", _steps_by_dims({3: steps_3d, 2: 900}))
+    plan = budget_module.plan_within_budget(fingerprint([140, 160, 12], [1.0, 1.0, 1.0]), 180, device_memory=8 * GiB)
+    assert plan.config["model"]["spatial_dims"] == dims
+    if dims == 2:
+        assert plan.config["data"]["init_args"]["training_mode"] == "slices"
+        assert plan.reasons["data.init_args.training_mode"] == (
+            "time budget: the 3D plan trains 36 steps (< 250); 2D slices train 900 (both calibrated here)"
+        )
+    # dims given by the user are kept whatever the budget
+    forced = budget_module.plan_within_budget(fingerprint([140, 160, 12], [1.0] * 3), 180, "3d", device_memory=8 * GiB)
+    assert forced.config["model"]["spatial_dims"] == 3
+
+
+def test_prefer_slices_only_below_the_3d_minimum_and_with_more_steps():
+    assert budget_module.prefer_slices(36, 900)
+    assert not budget_module.prefer_slices(36, 30)
+    assert not budget_module.prefer_slices(budget_module.MIN_3D_STEPS, 10_000)
