@@ -61,6 +61,7 @@ class TimeBudget(Callback):
         self._fit_started = self._epoch_started = 0.0
         self._epoch_times: list[float] = []
         self._memory_before: int | None = None
+        self._validated_epoch = -1
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_started = time.perf_counter()
@@ -76,12 +77,24 @@ class TimeBudget(Callback):
         # stands in; later, the median of the later epochs, or the last one when the machine slowed down.
         later = self._epoch_times[1:] or [self.planned_seconds / max(trainer.max_epochs or 1, 1)]
         next_epoch = max(statistics.median(later), later[-1])
-        if self.deadline_seconds and now - self._fit_started + next_epoch > self.deadline_seconds:
-            trainer.should_stop = True
-            rank_zero_info(
-                f"segpipe: stopping after epoch {trainer.current_epoch}: one more ({next_epoch:.1f} s) would end "
-                f"past the plan's {self.deadline_seconds:.0f} s"
-            )
+        if not self.deadline_seconds or now - self._fit_started + next_epoch <= self.deadline_seconds:
+            return
+        if self._validated_epoch != trainer.current_epoch:
+            # Stopping now would leave this epoch's training unscored (no best checkpoint when no validation
+            # has run yet): the next epoch validates, then the fit stops.
+            trainer.check_val_every_n_epoch = 1
+            rank_zero_info(f"segpipe: epoch {trainer.current_epoch} ends near the plan's deadline: validating next")
+            return
+        trainer.should_stop = True
+        rank_zero_info(
+            f"segpipe: stopping after epoch {trainer.current_epoch}: one more ({next_epoch:.1f} s) would end "
+            f"past the plan's {self.deadline_seconds:.0f} s"
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates at an epoch's end before on_train_epoch_end: the epoch is scored when we get there.
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any) -> None:
         if trainer.global_step != 0 or not self.planned_memory_bytes:
