@@ -30,7 +30,16 @@ def normalization(fingerprint: DatasetFingerprint) -> tuple[dict[str, Any], str]
     if fingerprint.modality is not None and any(m.upper() == "CT" for m in fingerprint.modality):
         arguments = {"normalization": "ct", "ct_percentiles": CT_PERCENTILES, "ct_statistics": "dataset"}
         return arguments, "CT (dataset.json): clip to the foreground's 0.5/99.5 percentiles, z-score (nnU-Net)"
-    return {"normalization": "zscore"}, "not CT: z-score per volume and channel (nnU-Net's MR scheme)"
+    if fingerprint.shared_intensity_scale:
+        # Per-case z-scores map one tissue to different values when cases are parts of one scan or share a
+        # protocol (the demo's per-slice z-scores capped its Dice at 0.83-0.86, docs/benchmarks.md).
+        spread = max(fingerprint.foreground_mean_spread)
+        arguments = {"normalization": "ct", "ct_percentiles": CT_PERCENTILES, "ct_statistics": "dataset"}
+        return arguments, (
+            f"cases share one intensity scale (foreground means vary by {spread:.0%}): clip to the training "
+            "foreground's 0.5/99.5 percentiles, z-score with its mean/std (nnU-Net's CT scheme), not per case"
+        )
+    return {"normalization": "zscore"}, "not CT, scales differ between cases: z-score per volume (nnU-Net's MR scheme)"
 
 
 def folder_data(fingerprint: DatasetFingerprint, patch: list[int], batch_size: int) -> dict[str, Any]:

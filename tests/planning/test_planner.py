@@ -18,6 +18,7 @@ def fingerprint(
     modality: list[str] | None = None,
     class_fraction: tuple[float, ...] = (0.8, 0.1, 0.1),
     layout: str = "images_labels",
+    spread: float = 0.05,
 ) -> DatasetFingerprint:
     intensity = {"mean": 1.0, "std": 1.0, "median": 1.0, "p0_5": 0.0, "p99_5": 2.0, "min": 0.0, "max": 2.0}
     classes = len(class_fraction)
@@ -34,7 +35,7 @@ def fingerprint(
         image_mean=[0.0],
         image_std=[1.0],
         foreground_intensity=[intensity],
-        foreground_mean_spread=[0.05],
+        foreground_mean_spread=[spread],
         class_fraction=list(class_fraction),
         smallest_class_voxels=[None] * classes,
         smallest_class_mm3=[None] * classes,
@@ -84,7 +85,8 @@ def test_a_smaller_memory_budget_gives_a_smaller_patch_and_batch():
 
 def test_ct_is_clipped_to_dataset_percentiles_and_mr_is_zscored_per_volume():
     ct = plan_experiment(fingerprint([64, 64, 32], [1, 1, 1], modality=["CT"]), device_memory=8 * GiB)
-    mr = plan_experiment(fingerprint([64, 64, 32], [1, 1, 1], modality=["T1"]), device_memory=8 * GiB)
+    mr_args = dict(modality=["T1"], spread=0.4)  # MR cases whose scales differ
+    mr = plan_experiment(fingerprint([64, 64, 32], [1, 1, 1], **mr_args), device_memory=8 * GiB)
     ct_args, mr_args = ct.config["data"]["init_args"], mr.config["data"]["init_args"]
     assert (ct_args["normalization"], ct_args["ct_percentiles"], ct_args["ct_statistics"]) == (
         "ct",
@@ -141,3 +143,10 @@ def test_plans_that_cannot_be_made_are_refused_in_one_line():
         plan_experiment(fingerprint([64, 48], [1.0, 1.0], layout="folder"), dims="3d")
     with pytest.raises(PlanError, match="fits the memory budget"):
         plan_experiment(fingerprint([64, 64, 64], [1.0, 1.0, 1.0]), device_memory=2**20)
+
+
+def test_mr_volumes_sharing_one_scale_use_the_dataset_foreground_statistics():
+    plan = plan_experiment(fingerprint([64, 64, 32], [1, 1, 1], modality=["T1"], spread=0.06), device_memory=8 * GiB)
+    args = plan.config["data"]["init_args"]
+    assert (args["normalization"], args["ct_percentiles"], args["ct_statistics"]) == ("ct", [0.5, 99.5], "dataset")
+    assert plan.reasons["data.init_args.normalization"].startswith("cases share one intensity scale (foreground")
