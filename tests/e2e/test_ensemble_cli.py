@@ -31,8 +31,15 @@ def two_folds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for fold in (0, 1):
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(work)
+            patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set by mlflow.set_tracking_uri in other tests
             assert main(["fit", "--config", "config.yaml", "--data.init_args.fold", str(fold)]) == 0
     return work
+
+
+@pytest.fixture(autouse=True)
+def local_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run's own ``sqlite:///mlflow.db``, whatever store an earlier test left in the environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def run(work: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
