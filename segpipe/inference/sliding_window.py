@@ -87,9 +87,13 @@ class WindowedInference:
     def probabilities(self, net: Predictor, image: torch.Tensor, tta_axes: Sequence[int] = ()) -> torch.Tensor:
         """Class probabilities (B, K, *spatial) on :meth:`stitch_device` in :meth:`stitch_dtype`: softmax
         of the stitched logits, averaged over the flips of ``tta_axes`` (spatial axes, 0-based; empty: one
-        pass) one pass at a time."""
+        pass) one pass at a time. For a 2D network on volumes the axes are the slice's (0, 1: the volume's
+        axes other than ``slice_axis``, in order)."""
         device = self.stitch_device(image)
         dtype = self.stitch_dtype(device)
+        if self.spatial_dims == 2 and image.ndim == 5:
+            in_plane = [axis for axis in range(3) if axis != self.slice_axis]
+            tta_axes = [in_plane[axis] for axis in tta_axes]
         return flip_averaged(lambda x: softmax_(self._logits(net, x, device, dtype)), image, tta_axes)
 
     def _logits(self, net: Predictor, image: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from segpipe.errors import SegpipeError
-from segpipe.planning.calibration import Calibration, calibrate
+from segpipe.planning.calibration import CALIBRATION_STEPS, Calibration, calibrate
 
 if TYPE_CHECKING:
     from segpipe.planning.fingerprint import DatasetFingerprint
@@ -123,7 +123,7 @@ def choose_schedule(cal: Calibration, budget_s: float, spent_s: float = 0.0, tes
 def fit_to_budget(
     plan: ExperimentPlan,
     budget_seconds: float,
-    calibration_steps: int = 5,
+    calibration_steps: int = CALIBRATION_STEPS,
     *,
     started_at: float | None = None,
     startup_s: float = 0.0,
@@ -134,7 +134,7 @@ def fit_to_budget(
     Args:
         plan: the plan to time (its config must run with ``segpipe fit --config``).
         budget_seconds: wall-clock seconds for the fit.
-        calibration_steps: timed training steps (after one warm-up step).
+        calibration_steps: timed training steps (after the warm-up steps).
         started_at: ``time.monotonic()`` when the budget started running, for a command that plans and fits
             in one go (``segpipe fit DATASET``): what it spent before the fit (fingerprint, calibration)
             counts against the budget. None: the plan is for a later ``segpipe fit --config``.
@@ -152,13 +152,24 @@ def fit_to_budget(
 def _fit_to_budget(
     plan: ExperimentPlan, budget_seconds: float, calibration_steps: int, started_at: float | None, startup_s: float
 ) -> tuple[ExperimentPlan, Schedule]:
-    cal = calibrate(plan.config, calibration_steps)
-    spent = time.monotonic() - started_at if started_at is not None else 0.0
+    from segpipe.planning.data_config import with_augmentation
+
     test_after_fit = bool(plan.config.get("test_after_fit", True))
-    schedule = choose_schedule(cal, budget_seconds, spent + startup_s, test_after_fit)
-    config = _with_schedule(plan.config, schedule, cal, budget_seconds)
+    config = plan.config
+    for _ in range(2):  # the augmentation suits the run's length; a changed one is calibrated once more
+        cal = calibrate(config, calibration_steps)
+        spent = time.monotonic() - started_at if started_at is not None else 0.0
+        schedule = choose_schedule(cal, budget_seconds, spent + startup_s, test_after_fit)
+        epochs = schedule.epochs * schedule.steps_per_epoch / max(cal.train_batches, 1)
+        augmented, augmentation_reasons = with_augmentation(config, plan.fingerprint, epochs)
+        changed = augmented["data"] != config["data"]
+        config = augmented
+        if not changed:
+            break
+    config = _with_schedule(config, schedule, cal, budget_seconds)
     reasons = budget_reasons(cal, schedule, budget_seconds, spent if started_at is not None else None, startup_s)
-    return dataclasses.replace(plan, config=config, reasons={**plan.reasons, **reasons}), schedule
+    reasons = {**plan.reasons, **augmentation_reasons, **reasons}
+    return dataclasses.replace(plan, config=config, reasons=reasons), schedule
 
 
 def prefer_slices(steps_3d: int, steps_slices: int) -> bool:
@@ -187,7 +198,7 @@ def plan_within_budget(
     from segpipe.planning.planner import PlanError, plan_experiment
 
     plan = plan_experiment(fingerprint, dims=dims, network=network, device_memory=device_memory)
-    fitted, schedule = _fit_to_budget(plan, budget_seconds, 5, started_at, startup_s)
+    fitted, schedule = _fit_to_budget(plan, budget_seconds, CALIBRATION_STEPS, started_at, startup_s)
     if dims != "auto" or plan.config["model"]["spatial_dims"] != 3:
         return fitted
     steps_3d = schedule.epochs * schedule.steps_per_epoch
@@ -195,7 +206,7 @@ def plan_within_budget(
         return fitted
     try:
         slices = plan_experiment(fingerprint, dims="slices", network=network, device_memory=device_memory)
-        fitted_slices, slice_schedule = _fit_to_budget(slices, budget_seconds, 5, started_at, startup_s)
+        fitted_slices, slice_schedule = _fit_to_budget(slices, budget_seconds, CALIBRATION_STEPS, started_at, startup_s)
     except PlanError:
         return fitted
     steps_slices = slice_schedule.epochs * slice_schedule.steps_per_epoch

@@ -24,7 +24,11 @@ from lightning.pytorch.callbacks import Callback
 
 from segpipe.data.requirements import CheckedDataModule
 
-WARMUP_STEPS = 1
+# A fresh process's first steps run up to 2x slower than the rest (allocator, loader worker start-up): the
+# demo's first four steps took 0.56/0.38/0.40/0.46 s, the next sixteen 0.28-0.33 s. Those are skipped and
+# the median of the timed steps is the step time.
+WARMUP_STEPS = 4
+CALIBRATION_STEPS = 8
 # Validation batches timed per pass (the first one pays for the loader's start, as every real pass does).
 VALIDATION_BATCHES = 3
 
@@ -38,7 +42,7 @@ class Calibration:
         setup_s: parsing the config, building the task and DataModule, the data check and data setup,
             up to the first training batch.
         step_s: one training step after the warm-up (next batch from the DataLoader, forward, backward,
-            optimiser), the mean of the timed steps.
+            optimiser), the median of the timed steps.
         val_batch_s: one validation batch (the pass's loader start spread over the timed batches).
         checkpoint_s: writing one checkpoint of the task.
         train_batches: batches of a whole training epoch.
@@ -93,10 +97,11 @@ def device_name(accelerator: str) -> str:
     return f"cpu x {torch.get_num_threads()} threads"
 
 
-def calibrate(config: dict[str, Any], steps: int = 5) -> Calibration:
+def calibrate(config: dict[str, Any], steps: int = CALIBRATION_STEPS) -> Calibration:
     """Build and train ``config`` (a complete ``segpipe fit`` config as plain data) for a few steps.
 
-    ``WARMUP_STEPS`` untimed steps, then ``steps`` timed ones; then up to ``VALIDATION_BATCHES`` validation
+    ``WARMUP_STEPS`` untimed steps, then ``steps`` timed ones (their median is the step time); then up to
+    ``VALIDATION_BATCHES`` validation
     batches and one checkpoint write. Nothing is logged and nothing is written outside a temporary folder.
 
     Raises:
@@ -149,7 +154,7 @@ def calibrate(config: dict[str, Any], steps: int = 5) -> Calibration:
     return Calibration(
         device=device_name(str(trainer_args.accelerator)),
         setup_s=clock.batch_starts[0] - started,
-        step_s=statistics.fmean(step_times[WARMUP_STEPS - 1 :]),
+        step_s=statistics.median(step_times[WARMUP_STEPS - 1 :]),
         val_batch_s=(validation[1] - validation[0]) / max(timed_val, 1),
         checkpoint_s=checkpoint_s,
         train_batches=train_batches,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from segpipe.data.checks import DataReport
+from segpipe.data.sources.dataset_json import DATASET_JSON
 from segpipe.data.sources.layouts import dataset_folder, discover_cases, read_declaration, resolve_layout
 from segpipe.data.sources.pairing import Case
 from segpipe.data.sources.volume_cases import load_case
@@ -71,20 +72,22 @@ def _image_cases(root: Path) -> list[Case]:
 
 
 def source_files(root: Path, layout: str) -> list[Path]:
-    """Every file the fingerprint reads (its cache key), after the dataset's checks.
+    """Every file the fingerprint reads (its cache key), ``dataset.json`` included, after the dataset's checks.
 
     Raises:
         DataError: the dataset's first problem.
     """
+    declaration = dataset_folder(root) / DATASET_JSON
+    declared = [declaration] if declaration.is_file() else []
     if layout == "folder":
-        return [p for case in _image_cases(root) for p in (case.image, case.mask) if p is not None]
+        return declared + [p for case in _image_cases(root) for p in (case.image, case.mask) if p is not None]
     from segpipe.data.modules.volumes import VolumeDataModule
 
     _raise_first(VolumeDataModule(root=str(root), layout=layout, num_workers=0).report())
     cases, problems = discover_cases(root, layout)  # type: ignore[arg-type]
     if problems:
         raise problems[0]
-    return [p for case in cases for p in case_sources(case)]
+    return declared + [p for case in cases for p in case_sources(case)]
 
 
 def read_cases(root: Path, layout: str) -> tuple[int, Iterator[CaseData]]:
@@ -135,9 +138,17 @@ def modalities(root: Path) -> list[str] | None:
     return list(declared.channel_names) if declared is not None else None
 
 
-def class_names(root: Path, layout: str, num_classes: int) -> list[str]:
-    """The class names of ``dataset.json`` when there is one, else ``background``, ``class1``, ..."""
-    declared = None if layout == "folder" else read_declaration(dataset_folder(root))
+def class_names(root: Path, num_classes: int) -> list[str]:
+    """The class names of ``dataset.json`` when there is one (in 2D folders too: the demo writes one), else
+    ``background``, ``class1``, ...
+
+    Raises:
+        DataError: for a ``dataset.json`` whose labels are not ``num_classes`` classes.
+    """
+    declared = read_declaration(dataset_folder(root))
     if declared is not None:
+        if declared.num_classes < num_classes:
+            found = f"the masks hold labels up to {num_classes - 1}"
+            raise DataError(declared.path, f"declares {declared.num_classes} labels, but {found}")
         return list(declared.class_names)
     return ["background", *(f"class{k}" for k in range(1, num_classes))]

@@ -23,7 +23,7 @@ from segpipe.io.atomic import write_text
 from segpipe.planning.cases import class_names, modalities, read_cases, resolve, source_files
 from segpipe.planning.statistics import StatisticsAccumulator
 
-FINGERPRINT_VERSION = 1  # part of the cache key: bump when what the fingerprint holds changes
+FINGERPRINT_VERSION = 2  # part of the cache key: bump when what the fingerprint holds changes
 CACHE_FOLDER = ".segpipe_cache"  # the VolumeDataModule's default preprocessing cache folder
 
 
@@ -38,7 +38,9 @@ class DatasetFingerprint:
     foreground means), ``modality`` (``dataset.json``'s channel names, None without one). Per class
     (``class_names``): ``class_fraction`` of all voxels, and the smallest structure: ``smallest_class_*``
     (smallest per-case volume) and ``smallest_component_*`` (smallest connected component), in voxels and
-    mm^3 (None for background and absent classes).
+    mm^3 (None for background and absent classes). Per spatial axis: ``mirror_symmetry``, how much the
+    mean label map overlaps its mirror image (1: symmetric; see
+    :func:`segpipe.planning.statistics.mirror_symmetry`).
     """
 
     root: str
@@ -59,6 +61,7 @@ class DatasetFingerprint:
     smallest_class_mm3: list[float | None]
     smallest_component_voxels: list[int | None]
     smallest_component_mm3: list[float | None]
+    mirror_symmetry: list[float]
 
     @property
     def num_classes(self) -> int:
@@ -155,7 +158,7 @@ def compute_fingerprint(root: Path, layout: str) -> DatasetFingerprint:
         shapes=shapes,
         spacings=spacings,
         in_channels=channels,
-        class_names=class_names(root, layout, accumulator.num_classes),
+        class_names=class_names(root, accumulator.num_classes),
         modality=None if layout == "folder" else modalities(root),
         **statistics,  # type: ignore[arg-type]
     )

@@ -54,7 +54,9 @@ def plan_network(name: str, spatial_dims: int, levels: Sequence[Sequence[int]], 
             # 3D transposed convolutions are ~3x slower on CPU than interpolation (configs/unet3d.yaml)
             "upsample": "transpose" if spatial_dims == 2 else "interp",
         }
-        reasons = {"model.model_kwargs.depth": f"{depth} poolings: every axis keeps >= 4 voxels (nnU-Net)"}
+        reasons = {
+            "model.model_kwargs.depth": f"{depth} poolings: every axis keeps >= 4 voxels (nnU-Net); at most 5, 4 on CPU"
+        }
         if any(1 in level for level in levels):
             kwargs["pool_sizes"] = [list(level) for level in levels]
             reasons["model.model_kwargs.pool_sizes"] = "anisotropic spacing: coarse axis pooled later (nnU-Net)"

@@ -16,11 +16,19 @@ import torch
 
 from segpipe.errors import SegpipeError
 from segpipe.models.registry import registered_name
-from segpipe.planning.data_config import folder_data, normalization, volume_data
+from segpipe.planning.data_config import folder_data, normalization, volume_data, with_augmentation
 from segpipe.planning.fingerprint import DatasetFingerprint
 from segpipe.planning.memory import BUDGET_SHARE, device_memory_bytes, training_bytes
 from segpipe.planning.networks import NetworkPlan, plan_network
-from segpipe.planning.topology import ANISOTROPY_THRESHOLD, MIN_FEATURE_MAP, fit_patch, resampled_shape, target_spacing
+from segpipe.planning.topology import (
+    ANISOTROPY_THRESHOLD,
+    CPU_MAX_POOLINGS,
+    MAX_POOLINGS,
+    MIN_FEATURE_MAP,
+    fit_patch,
+    resampled_shape,
+    target_spacing,
+)
 
 Dims = Literal["auto", "2d", "3d", "slices"]
 MAX_DATASET_SHARE = 0.05  # nnU-Net: a batch covers at most 5% of the dataset's voxels
@@ -129,7 +137,9 @@ def plan_experiment(
         return training_bytes(*args, (batch, *patch), precision)
 
     try:
-        patch, levels = fit_patch(shape, plane_spacing, lambda p, lv: estimate(p, lv, 2) <= budget)
+        patch, levels = fit_patch(
+            shape, plane_spacing, lambda p, lv: estimate(p, lv, 2) <= budget, MAX_POOLINGS if cuda else CPU_MAX_POOLINGS
+        )
     except ValueError as err:
         raise PlanError(f"{err} ({memory / 2**30:.2f} GiB of {source} memory)") from None
     dataset_voxels = sum(math.prod(s) for s in fingerprint.shapes)
@@ -154,23 +164,20 @@ def plan_experiment(
     else:
         data = volume_data(fingerprint, patch, batch, spacing, slice_axis)
     reasons["data.init_args.normalization"] = normalization(fingerprint)[1]
-    reasons["data.init_args.train_transforms" if chosen == "2d" else "data.init_args.augmentation"] = (
-        "nnU-Net's augmentation: mirroring, rotation/scaling p=0.2, brightness/contrast p=0.15, gamma p=0.3"
-    )
     loss, reasons["model.loss"] = choose_loss(fingerprint)
     steps_per_epoch = max(1, math.ceil(len(fingerprint.case_names) / batch))
     epochs = max(10, min(1000, math.ceil(TARGET_STEPS / steps_per_epoch)))
     reasons["trainer.max_epochs"] = f"no time budget: about {TARGET_STEPS} training steps ({steps_per_epoch} per epoch)"
     model = model_section(fingerprint, net, spatial_dims, loss, patch if chosen == "3d" else None, slice_axis)
     reasons["model.optimizer"] = "AdamW with a cosine schedule to the end of the run: fastest on short runs (demo)"
-    reasons["model.tta"] = "mirroring test-time augmentation at predict (nnU-Net)"
     config = {
         "seed_everything": 0,
         "trainer": trainer_section(fingerprint, epochs, precision, steps_per_epoch),
         "model": model,
         "data": data,
     }
-    return ExperimentPlan(config, reasons, fingerprint)
+    config, augmentation_reasons = with_augmentation(config, fingerprint, epochs)
+    return ExperimentPlan(config, {**reasons, **augmentation_reasons}, fingerprint)
 
 
 def model_section(

@@ -16,6 +16,7 @@ from scipy import ndimage
 from segpipe.preprocessing.fingerprint import SAMPLES_PER_CASE
 
 PERCENTILES = (0.5, 99.5)
+SYMMETRY_GRID = 32  # label maps are averaged on a grid of this many cells per axis
 
 
 def intensity_summary(values: np.ndarray) -> dict[str, float]:
@@ -60,6 +61,7 @@ class StatisticsAccumulator:
     _smallest_component: list[int | None] = field(default_factory=list)
     _smallest_volume_mm3: list[float | None] = field(default_factory=list)
     _smallest_component_mm3: list[float | None] = field(default_factory=list)
+    _layout_sum: np.ndarray | None = None  # (K, *grid): per class, the cases' label maps on one grid
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
@@ -85,6 +87,21 @@ class StatisticsAccumulator:
         self._grow(len(counts))
         self._class_voxels += counts
         self._add_smallest(label, counts, float(np.prod(spacing)))
+        self._add_layout(label)
+
+    def _add_layout(self, label: np.ndarray) -> None:
+        # Nearest-neighbour cells of a fixed grid: cases of any size add up to one map per class.
+        centres = np.arange(SYMMETRY_GRID) + 0.5
+        cells = [np.minimum((centres * n / SYMMETRY_GRID).astype(int), n - 1) for n in label.shape]
+        grid = label[np.ix_(*cells)]
+        one_hot = np.stack([grid == k for k in range(self.num_classes)]).astype(np.float64)
+        if self._layout_sum is None:
+            self._layout_sum = one_hot
+        else:
+            extra = self.num_classes - len(self._layout_sum)
+            if extra > 0:
+                self._layout_sum = np.concatenate([self._layout_sum, np.zeros((extra, *grid.shape))])
+            self._layout_sum += one_hot
 
     def _grow(self, num_classes: int) -> None:
         """Make room for label values seen for the first time (datasets without a declared class count)."""
@@ -122,7 +139,7 @@ class StatisticsAccumulator:
         ``foreground_intensity`` (one :func:`intensity_summary` per channel), ``class_fraction`` (K,),
         ``smallest_*`` (K,, None for background and absent classes), ``foreground_mean_spread``: the
         coefficient of variation of the cases' foreground means (per channel; small when the images share
-        one intensity scale).
+        one intensity scale), ``mirror_symmetry`` (per spatial axis, see :func:`mirror_symmetry`).
 
         Raises:
             ValueError: when no case was added.
@@ -144,4 +161,28 @@ class StatisticsAccumulator:
             "smallest_class_mm3": self._smallest_volume_mm3,
             "smallest_component_voxels": self._smallest_component,
             "smallest_component_mm3": self._smallest_component_mm3,
+            "mirror_symmetry": mirror_symmetry(self._layout_sum, self._class_voxels),
         }
+
+
+def mirror_symmetry(layout: np.ndarray, class_voxels: np.ndarray) -> list[float]:
+    """Per spatial axis, how much the dataset's mean label map overlaps its mirror image along that axis:
+    for each foreground class ``sum(min(m, flip(m))) / sum(m)`` of its mean map ``m``, weighted by the
+    class's voxels. 1: mirroring along the axis gives images like the dataset's (left-right in brains,
+    every axis where anatomy lies anywhere); lower: the axis has a direction (anterior-posterior).
+
+    Args:
+        layout: (K, *grid) summed one-hot label maps of the cases on one grid.
+        class_voxels: (K,) voxels per class, the weights.
+    """
+    weights = np.asarray(class_voxels[1:], np.float64)
+    maps = layout[1 : len(weights) + 1]
+    if weights.sum() == 0:
+        return [1.0] * (layout.ndim - 1)
+    scores = []
+    for axis in range(1, layout.ndim):
+        overlap = np.minimum(maps, np.flip(maps, axis=axis)).reshape(len(maps), -1).sum(axis=1)
+        totals = maps.reshape(len(maps), -1).sum(axis=1)
+        per_class = np.divide(overlap, totals, out=np.ones_like(overlap), where=totals > 0)
+        scores.append(float((per_class * weights).sum() / weights.sum()))
+    return scores

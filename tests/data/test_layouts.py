@@ -99,7 +99,7 @@ def test_data_that_disagree_with_dataset_json_are_reported(tmp_path: Path):
             r"'labels' values must be 0\.\.1",
         ),
         (
-            {"channel_names": {"1": "CT"}, "labels": {"background": 0}, "numTraining": -1, "file_ending": ".png"},
+            {"channel_names": {"1": "CT"}, "labels": {"background": 0}, "numTraining": -1, "file_ending": ".gif"},
             r"'numTraining' must be a count >= 0.*'channel_names' indices must be 0\.\.0.*'file_ending' must be one of",
         ),
         (

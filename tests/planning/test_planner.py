@@ -6,7 +6,7 @@ import pytest
 
 from segpipe.planning import DatasetFingerprint, plan_experiment
 from segpipe.planning.planner import PlanError
-from segpipe.planning.topology import pooling, target_spacing
+from segpipe.planning.topology import CPU_MAX_POOLINGS, pooling, target_spacing
 
 GiB = 2**30
 
@@ -19,6 +19,7 @@ def fingerprint(
     class_fraction: tuple[float, ...] = (0.8, 0.1, 0.1),
     layout: str = "images_labels",
     spread: float = 0.05,
+    symmetry: list[float] | None = None,
 ) -> DatasetFingerprint:
     intensity = {"mean": 1.0, "std": 1.0, "median": 1.0, "p0_5": 0.0, "p99_5": 2.0, "min": 0.0, "max": 2.0}
     classes = len(class_fraction)
@@ -41,15 +42,19 @@ def fingerprint(
         smallest_class_mm3=[None] * classes,
         smallest_component_voxels=[None] * classes,
         smallest_component_mm3=[None] * classes,
+        mirror_symmetry=symmetry if symmetry is not None else [1.0] * len(shape),
     )
 
 
-def test_anisotropic_spacing_pools_the_coarse_axis_later():
+def test_anisotropic_spacing_pools_the_coarse_axis_later(monkeypatch: pytest.MonkeyPatch):
+    # 0.8 -> 1.6 -> 3.2 mm in-plane before z (4 mm) is pooled; z stops at 24 / 4 = 6 voxels (>= 4)
+    assert pooling([0.8, 0.8, 4.0], [160, 160, 24]) == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     plan = plan_experiment(fingerprint([160, 160, 24], [0.8, 0.8, 4.0]), device_memory=64 * GiB)
     kwargs = plan.config["model"]["model_kwargs"]
-    # 0.8 -> 1.6 -> 3.2 mm in-plane before z (4 mm) is pooled; z stops at 24 / 4 = 6 voxels (>= 4)
-    assert kwargs["pool_sizes"] == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]]
-    assert kwargs["depth"] == 5
+    # a CPU plan stops at CPU_MAX_POOLINGS levels
+    assert kwargs["pool_sizes"] == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]]
+    assert kwargs["depth"] == CPU_MAX_POOLINGS == 4
     assert plan.config["data"]["init_args"]["patch_size"] == [160, 160, 24]
     assert "anisotropic" in plan.reasons["model.model_kwargs.pool_sizes"]
 
@@ -123,9 +128,9 @@ def test_a_rare_class_gets_a_focal_term():
 @pytest.mark.parametrize(
     ("network", "expected"),
     [
-        ("segnet", {"base_channels": 16, "stage_convs": [2, 2, 3, 3, 3], "norm": "batch"}),
+        ("segnet", {"base_channels": 16, "stage_convs": [2, 2, 3, 3], "norm": "batch"}),
         ("fcn", {"base_channels": 16, "fc_channels": 128, "fc_kernel": 3, "dropout": 0.0, "norm": "batch"}),
-        ("dense_unet", {"down_blocks": [4, 5, 7, 10, 12], "growth_rate": 8, "init_features": 48, "norm": "batch"}),
+        ("dense_unet", {"down_blocks": [4, 5, 7, 10], "growth_rate": 8, "init_features": 48, "norm": "batch"}),
     ],
 )
 def test_each_network_gets_its_own_settings(network: str, expected: dict, monkeypatch: pytest.MonkeyPatch):

@@ -9,6 +9,7 @@ split sees a neighbour of another split's slice.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from importlib.resources import files
@@ -20,7 +21,8 @@ import yaml
 from PIL import Image
 
 from segpipe.data.modules.folder import FolderDataModule
-from segpipe.io.atomic import publish_folder
+from segpipe.data.sources.dataset_json import DATASET_JSON
+from segpipe.io.atomic import publish_folder, write_text
 from segpipe.preprocessing.normalize import Normalization
 
 CLASS_NAMES = ("background", "grey_matter", "white_matter")
@@ -28,6 +30,18 @@ CLASS_NAMES = ("background", "grey_matter", "white_matter")
 SLAB_PATTERN = ("train", "train", "val", "train", "test", "train", "train", "val", "train", "test")
 GUARD_SLICES = 2
 MIN_BRAIN_PIXELS = 500
+
+
+def write_declaration(folder: Path, num_training: int, file_ending: str) -> Path:
+    """Write the demo's ``dataset.json`` (nnU-Net v2 keys): the channel and the class names, which
+    ``segpipe plan`` reads, so a plan of the demo names its classes."""
+    declaration = {
+        "channel_names": {"0": "T1"},
+        "labels": {name: value for value, name in enumerate(CLASS_NAMES)},
+        "numTraining": num_training,
+        "file_ending": file_ending,
+    }
+    return write_text(folder / DATASET_JSON, json.dumps(declaration, indent=2) + "\n")
 
 
 def _load_template(kind: str) -> np.ndarray:
@@ -95,6 +109,7 @@ def build_mni_demo(root: str | Path) -> dict[str, list[int]]:
         "slices": splits,
     }
     (tmp / "demo.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    write_declaration(tmp, len(splits["train"]), ".png")
     publish_folder(tmp, root)  # another process (a second DDP rank) may have published its identical copy
     return splits
 
@@ -115,5 +130,8 @@ class MNIDemoDataModule(FolderDataModule):
 
 
 def ensure_demo(root: Path) -> None:
+    """Build the demo at ``root`` unless it is there; add the ``dataset.json`` a demo built before it lacks."""
     if not (root / "demo.yaml").is_file():
         build_mni_demo(root)
+    elif not (root / DATASET_JSON).is_file():
+        write_declaration(root, len(list((root / "train" / "images").glob("*.png"))), ".png")

@@ -33,8 +33,10 @@ from segpipe.data.demos.mni2d import (
     _load_template,
     mni_labels,
     slab_splits,
+    write_declaration,
 )
 from segpipe.data.modules.volumes import VolumeDataModule
+from segpipe.data.sources.dataset_json import DATASET_JSON
 from segpipe.io.atomic import publish_folder
 from segpipe.io.volumes import write_label, write_volume
 
@@ -134,6 +136,7 @@ def build_mni_demo3d(root: str | Path) -> dict[str, list[str]]:
         "slab_z_ranges": slabs,
     }
     (tmp / INFO_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
+    write_declaration(tmp, sum(len(names) for names in splits.values()), ".nii.gz")
     publish_folder(tmp, root)  # another process (a second DDP rank) may have published its identical copy
     return splits
 
@@ -147,4 +150,6 @@ class MNIDemo3DDataModule(VolumeDataModule):
     def prepare_data(self) -> None:
         if not (self.root / INFO_FILE).is_file():
             build_mni_demo3d(self.root)
+        elif not (self.root / DATASET_JSON).is_file():  # a demo built before segpipe wrote one
+            write_declaration(self.root, len(list((self.root / "labels").glob("*.nii.gz"))), ".nii.gz")
         super().prepare_data()  # the disk cache, with cache: disk

@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segpipe.errors import DataError
+from segpipe.io.images import IMAGE_SUFFIXES
 from segpipe.io.volumes import VOLUME_SUFFIXES
+
+# nnU-Net v2 reads 2D image datasets too (its NaturalImage2DIO and Tiff readers): their endings are valid.
+FILE_ENDINGS = VOLUME_SUFFIXES + IMAGE_SUFFIXES
 
 DATASET_JSON = "dataset.json"
 Flavour = Literal["nnunetv2", "decathlon"]
@@ -163,8 +167,8 @@ def read_dataset_json(path: str | Path) -> DatasetJson:
         info["channel_names"] = _indexed_names(content["channel_names"], "channel_names", problems)
         info["class_names"] = _nnunet_labels(content["labels"], problems)
         ending = content["file_ending"]
-        if not isinstance(ending, str) or ending.lower() not in VOLUME_SUFFIXES:
-            problems.append(f"'file_ending' must be one of {', '.join(VOLUME_SUFFIXES)}, got {ending!r}")
+        if not isinstance(ending, str) or ending.lower() not in FILE_ENDINGS:
+            problems.append(f"'file_ending' must be one of {', '.join(FILE_ENDINGS)}, got {ending!r}")
         info["file_ending"] = ending
     else:
         info["channel_names"] = _indexed_names(content["modality"], "modality", problems)
