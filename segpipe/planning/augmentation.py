@@ -1,13 +1,14 @@
 """Training augmentation of a plan, written as the DataModules take it: albumentations specs for 2D folders,
 MONAI dictionary transform specs for volumes.
 
-Two decisions, both from data: which axes are mirrored (those along which the dataset's mean label map is
-symmetric: left-right in brains, every axis where structures lie anywhere), and how much else is applied.
+Two decisions: which axes are mirrored (from the data: those along which the dataset's mean label map is
+symmetric, left-right in brains, every axis where structures lie anywhere), and how much else is applied
+(from the run's length).
 nnU-Net v2's set (``nnUNetTrainer.get_training_transforms``: rotation and scaling p=0.2, noise, blur,
 brightness/contrast p=0.15, gamma p=0.3) regularises its 1000-epoch runs; a short run sees each case only a
 few times and learns faster from the cases as they are. On the 2D demo at 7 epochs (U-Net, same plan
 otherwise) the nnU-Net set reached test Dice 0.921, without the anterior-posterior flip 0.928, left-right
-mirroring only 0.944 (docs/benchmarks.md).
+mirroring only 0.944; at 30 epochs the set without the flip 0.919, mirroring only 0.953 (docs/planning.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from segpipe.transforms.augment3d import DEFAULT_3D_AUGMENTATION
 ROTATION_DEGREES = 15  # nnU-Net rotates 2D by up to 180 degrees; anatomy in fixed orientation gains little
 SCALE = (0.85, 1.25)  # nnU-Net's scaling range
 MIRROR_SYMMETRY = 0.9  # an axis whose mean label map overlaps its mirror image this much is mirrored
-FULL_AUGMENTATION_EPOCHS = 50  # passes over the training set from which the whole nnU-Net set is applied
+FULL_AUGMENTATION_EPOCHS = 100  # passes over the training set from which the whole nnU-Net set is applied
 CROP_TRANSFORMS = ("PadIfNeeded", "RandomCrop")  # the 2D patch sampling a folder plan puts first
 FLIPS_2D = {0: "VerticalFlip", 1: "HorizontalFlip"}  # albumentations' flip of each (H, W) axis
 
