@@ -343,9 +343,13 @@ def seg_labels_volume(seg_path: Path, series: Path, affine: np.ndarray, shape: t
 
 @dataclass(frozen=True)
 class FingerprintStandIn:
-    """What a plan needs of a dataset fingerprint (``to_dict``), for plans built from a written config."""
+    """What a plan needs of a dataset fingerprint (``to_dict``; the symmetry and dimensionality that the
+    augmentation is planned from), for plans built from a written 2D config."""
 
     summary: dict
+    mirror_symmetry: tuple[float, ...] = (1.0, 1.0)
+    spatial_dims: int = 2
+    anisotropy: float = 1.0
 
     def to_dict(self) -> dict:
         return dict(self.summary)
