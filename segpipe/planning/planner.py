@@ -132,7 +132,7 @@ def plan_experiment(
     width = 32 if cuda else 16  # nnU-Net's 32; 16 on CPU, where the demo U-Net reaches 0.96 at a third of the time
 
     def estimate(patch: list[int], levels: list[list[int]], batch: int) -> int:
-        net = plan_network(network, spatial_dims, levels, width)
+        net = plan_network(network, spatial_dims, levels, width, cuda)
         args = (net.model, net.model_kwargs, fingerprint.in_channels, fingerprint.num_classes)
         return training_bytes(*args, (batch, *patch), precision)
 
@@ -148,7 +148,7 @@ def plan_experiment(
     while batch < cap and estimate(patch, levels, batch + 1) <= budget:
         batch += 1
     used = estimate(patch, levels, batch)
-    net = plan_network(network, spatial_dims, levels, width)
+    net = plan_network(network, spatial_dims, levels, width, cuda)
     budget_text = f"{used / 2**30:.2f} of {budget / 2**30:.2f} GiB ({BUDGET_SHARE:.0%} of {source} memory)"
     reasons["data.init_args.patch_size"] = f"median case {[round(s) for s in shape]}, shrunk to fit {budget_text}"
     reasons["data.init_args.batch_size"] = (

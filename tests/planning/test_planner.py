@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segpipe.planning import DatasetFingerprint, plan_experiment
+from segpipe.planning.networks import plan_network
 from segpipe.planning.planner import PlanError
 from segpipe.planning.topology import CPU_MAX_POOLINGS, pooling, target_spacing
 
@@ -130,7 +131,17 @@ def test_a_rare_class_gets_a_focal_term():
     [
         ("segnet", {"base_channels": 16, "stage_convs": [2, 2, 3, 3], "norm": "batch"}),
         ("fcn", {"base_channels": 16, "fc_channels": 128, "fc_kernel": 3, "dropout": 0.0, "norm": "batch"}),
-        ("dense_unet", {"down_blocks": [4, 5, 7, 10], "growth_rate": 8, "init_features": 48, "norm": "batch"}),
+        (
+            "dense_unet",
+            {
+                "down_blocks": [2, 2, 2, 2],
+                "bottleneck_layers": 2,
+                "growth_rate": 8,
+                "init_features": 16,
+                "dropout": 0.0,
+                "norm": "batch",
+            },
+        ),
     ],
 )
 def test_each_network_gets_its_own_settings(network: str, expected: dict, monkeypatch: pytest.MonkeyPatch):
@@ -139,6 +150,12 @@ def test_each_network_gets_its_own_settings(network: str, expected: dict, monkey
     assert plan.config["model"]["model"] == network
     assert plan.config["model"]["model_kwargs"] == expected
     assert plan.config["model"]["optimizer"]["init_args"]["lr"] == 1e-3
+
+
+def test_a_dense_unet_for_a_gpu_has_fc_densenet103_blocks():
+    kwargs = plan_network("dense_unet", 2, [[2, 2]] * 4, 32, gpu=True).model_kwargs
+    assert (kwargs["down_blocks"], kwargs["bottleneck_layers"]) == ([4, 5, 7, 10], 15)
+    assert (kwargs["growth_rate"], kwargs["init_features"]) == (16, 96)
 
 
 def test_plans_that_cannot_be_made_are_refused_in_one_line():
