@@ -114,6 +114,7 @@ def test_classify_demo_resolves_to_its_documented_values():
     assert config.trainer.max_epochs == 15 and config.model.num_classes == 6
     assert config.trainer.logger.init_args.experiment_name == "segpipe-classify-demo"
     assert config.checkpoint.dirpath == "outputs/classify_demo"
+    assert config.data.init_args.normalization == "dataset" and config.data.init_args.mean is None
 
 
 @pytest.mark.parametrize("piece", PIECES, ids=[str(p.relative_to(CONFIGS)) for p in PIECES])
