@@ -205,6 +205,7 @@ def test_sigterm_or_ctrl_c_ends_the_step_writes_last_ckpt_and_exits_128_plus_sig
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(SegmentationTask, "training_step", training_step)
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs in the background (nohup, &)
     assert main(["fit", "--config", str(write_config(tmp_path / "fit.yaml", config))]) == 128 + signum
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("segpipe: error:")]
     assert len(errors) == 1 and f"stopped by {signal.Signals(signum).name} at epoch 0, step 3; last " in errors[0]
@@ -214,4 +215,4 @@ def test_sigterm_or_ctrl_c_ends_the_step_writes_last_ckpt_and_exits_128_plus_sig
         {"epoch": 0, "batches": 3, "batch_size": 2}
     ]
     assert the_run(tmp_path).info.status == "FAILED"  # until it is resumed
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the fit
+    assert signal.getsignal(signal.SIGINT) is handler_before  # restored after the fit
