@@ -3,7 +3,8 @@ planned depth, pooling and width, and its optimiser and schedule.
 
 The U-Net settings are those the 2D demo was tuned to by hand (AdamW, lr 3e-3, cosine to the end of
 the run: Dice 0.96). The VGG-based and dense networks get batch norm, no dropout and AdamW at lr 1e-3,
-the usual settings for training them from scratch; demo runs that would tune them are still to be made.
+the usual settings for training them from scratch; their learning rates are not tuned on the demo (each
+network's zero-config demo result at 3 minutes: docs/benchmarks.md).
 """
 
 from __future__ import annotations
