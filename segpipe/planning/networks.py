@@ -17,6 +17,7 @@ from segpipe.models.registry import model_options, registered_name
 
 VGG_STAGE_CONVS = (2, 2, 3, 3, 3)  # SegNet's and FCN's VGG16 stages
 DENSE_DOWN_BLOCKS = (4, 5, 7, 10, 12)  # FC-DenseNet103's dense blocks
+DENSE_BOTTLENECK_LAYERS = 15  # and its bottleneck block
 # On a CPU, 2 layers per dense block: FC-DenseNet103's blocks (4, 5, 7, 10 + 15 at the bottleneck) take 5.3 s
 # per step of 3 demo slices (2 threads), 2-layer blocks 0.73 s (a 4-pooling U-Net of width 16: 0.38 s)
 CPU_DENSE_LAYERS = 2
@@ -78,11 +79,12 @@ def plan_network(
         reasons = {"model.model_kwargs.norm": "batch norm: narrow VGGs do not train from scratch without it"}
         return NetworkPlan(model, kwargs, adamw(1e-3), reasons=reasons)
     if model == "dense_unet":
+        poolings = max(depth, 1)
         if gpu:
-            blocks, bottleneck = list(DENSE_DOWN_BLOCKS[: max(depth, 1)]), 15
-            blocks_reason = f"FC-DenseNet103's blocks, one per pooling ({len(blocks)})"
+            blocks, bottleneck = list(DENSE_DOWN_BLOCKS[:poolings]), DENSE_BOTTLENECK_LAYERS
+            blocks_reason = f"FC-DenseNet103's blocks, one per pooling ({poolings})"
         else:
-            blocks, bottleneck = [CPU_DENSE_LAYERS] * max(depth, 1), CPU_DENSE_LAYERS
+            blocks, bottleneck = [CPU_DENSE_LAYERS] * poolings, CPU_DENSE_LAYERS
             blocks_reason = f"CPU: {CPU_DENSE_LAYERS} layers per dense block and pooling (FC-DenseNet103's: 7x slower)"
         kwargs = {
             "down_blocks": blocks,
